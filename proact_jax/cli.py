@@ -1,0 +1,61 @@
+"""The ``proact`` command. Each subcommand lives in ``proact_jax/commands/<name>.py`` and provides
+``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches.
+
+Errors a user can fix (``ValueError``, missing files) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "demo": "train, harden with all four methods and sweep, on the embedded digits data",
+    "train": "train a baseline model and checkpoint it",
+    "harden": "find activation thresholds with ranger|ft-clipact|fitact|proact",
+    "sweep": "run a bit-flip fault campaign on a checkpoint",
+    "report": "tables and figures from saved results",
+}
+
+
+class UsageError(ValueError):
+  """A problem with the user's input: printed as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="proact", description=__doc__.splitlines()[0])
+  sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+  for name, help_text in COMMANDS.items():
+    try:
+      module = importlib.import_module(f"proact_jax.commands.{name}")
+    except ModuleNotFoundError as e:
+      if e.name != f"proact_jax.commands.{name}":
+        raise
+      continue  # not built yet
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    module.add_arguments(p)
+    p.set_defaults(_run=module.run)
+  return parser
+
+
+def main(argv=None) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if not getattr(args, "_run", None):
+    parser.print_help()
+    return 2
+  try:
+    return int(args._run(args) or 0)
+  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+          PermissionError, IsADirectoryError) as e:
+    print(f"proact {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print(f"proact {args.command}: interrupted; progress written so far is kept and the command "
+          "resumes where it stopped when run again", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())
