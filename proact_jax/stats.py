@@ -1,0 +1,106 @@
+"""Statistics of fault-injection campaigns: confidence intervals, sample sizes, stopping rules.
+
+numpy/scipy only. Intervals are Student-t intervals on the mean of per-trial accuracies.
+Sample-size planning follows Leveugle et al., "Statistical fault injection: quantified error and
+confidence", DATE 2009, or a pilot run's variance.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+
+def _t(confidence: float, dof: float) -> float:
+  if not 0.0 < confidence < 1.0:
+    raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+  return float(sps.t.ppf(0.5 + confidence / 2.0, dof))
+
+
+def summarize(acc_samples: Sequence[float], confidence: float = 0.95) -> dict:
+  """Mean of the samples with its Student-t confidence interval.
+
+  Returns:
+    ``dict(n, mean, std, ci_low, ci_high, half_width)``; ``std`` is the sample standard
+    deviation (ddof=1). With fewer than 2 samples the interval is infinite (nan for none).
+  """
+  x = np.asarray(acc_samples, np.float64).ravel()
+  n = int(x.size)
+  mean = float(x.mean()) if n else math.nan
+  std = float(x.std(ddof=1)) if n > 1 else math.nan
+  half = _t(confidence, n - 1) * std / math.sqrt(n) if n > 1 else math.inf
+  if n == 0:
+    half = math.nan
+  return dict(n=n, mean=mean, std=std, ci_low=mean - half, ci_high=mean + half, half_width=half)
+
+
+def leveugle_sample_size(population: int, margin: float, confidence: float = 0.95,
+                         p: float = 0.5) -> int:
+  """Leveugle et al. (DATE 2009): ``n = N / (1 + e^2 (N - 1) / (t^2 p (1 - p)))``, rounded up.
+
+  Args:
+    population: N, the number of possible faults (e.g. ``n_bits`` of the fault space).
+    margin: e, the error margin on a proportion (e.g. 0.01).
+    confidence: sets t, the two-sided standard normal quantile (1.96 at 95%).
+    p: the estimated proportion; 0.5 is the worst case.
+  """
+  if population < 1 or not 0 < margin < 1 or not 0 < p < 1:
+    raise ValueError("need population >= 1, 0 < margin < 1, 0 < p < 1")
+  t = float(sps.norm.ppf(0.5 + confidence / 2.0))
+  n = population / (1.0 + margin ** 2 * (population - 1) / (t ** 2 * p * (1.0 - p)))
+  return int(math.ceil(n - 1e-9))
+
+
+def pilot_sample_size(pilot: Sequence[float], margin: float, confidence: float = 0.95) -> int:
+  """Trials for a half-width of ``margin``: ``n = ceil((t s / e)^2)`` from a pilot's std ``s``
+  (t from Student-t with the pilot's degrees of freedom); at least the pilot's size."""
+  x = np.asarray(pilot, np.float64).ravel()
+  if x.size < 2 or margin <= 0:
+    raise ValueError("need at least 2 pilot samples and margin > 0")
+  return sample_size_from_std(float(x.std(ddof=1)), margin, confidence, dof=x.size - 1)
+
+
+def sample_size_from_std(std: float, margin: float, confidence: float = 0.95,
+                         dof: float = math.inf) -> int:
+  """``ceil((t * std / margin)^2)`` (t normal when ``dof`` is infinite)."""
+  t = float(sps.norm.ppf(0.5 + confidence / 2.0)) if math.isinf(dof) else _t(confidence, dof)
+  return max(1, int(math.ceil((t * std / margin) ** 2 - 1e-9)))
+
+
+def should_stop(samples: Sequence[float], target_half_width: float, min_trials: int = 30,
+                confidence: float = 0.95, max_trials: int | None = None) -> bool:
+  """Sequential mode: stop once ``min_trials`` are done and the t half-width is at most the
+  target (or ``max_trials`` is reached)."""
+  n = int(np.size(samples))
+  if max_trials is not None and n >= max_trials:
+    return True
+  if n < max(2, min_trials):
+    return False
+  return summarize(samples, confidence)["half_width"] <= target_half_width
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
+  """Mean of ``a[i] - b[i]`` (trials sharing a fault draw) with its own t interval.
+
+  Returns the :func:`summarize` dict of the differences.
+  """
+  a = np.asarray(a, np.float64).ravel()
+  b = np.asarray(b, np.float64).ravel()
+  if a.shape != b.shape:
+    raise ValueError(f"paired samples need equal lengths, got {a.size} and {b.size}")
+  return summarize(a - b, confidence)
+
+
+def unpaired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
+  """Welch interval on ``mean(a) - mean(b)`` for independent samples (for comparison)."""
+  a = np.asarray(a, np.float64).ravel()
+  b = np.asarray(b, np.float64).ravel()
+  va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+  dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+  mean = float(a.mean() - b.mean())
+  half = _t(confidence, dof) * math.sqrt(va + vb)
+  return dict(n=int(a.size), mean=mean, std=math.nan, ci_low=mean - half, ci_high=mean + half,
+              half_width=half)
