@@ -65,7 +65,7 @@ def test_should_stop():
 
 def test_paired_narrower_than_unpaired():
   rng = np.random.default_rng(2)
-  shared = rng.normal(0.7, 0.1, 500)  # the fault draw's effect, common to both methods
+  shared = rng.normal(0.7, 0.3, 500)  # the fault draw's effect, common to both methods
   a = shared + rng.normal(0.02, 0.01, 500)
   b = shared + rng.normal(0.0, 0.01, 500)
   paired = stats.paired_difference(a, b)
