@@ -21,7 +21,6 @@ import io
 import multiprocessing
 import os
 import pickle
-import re
 import sys
 import tarfile
 import zlib
