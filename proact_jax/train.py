@@ -1,0 +1,234 @@
+"""Baseline training (flax imagenet-example shape): create_train_state, train_step, eval_step,
+train_and_evaluate(config, workdir).
+
+Progress survives interruption: the full train state is saved with orbax every epoch under
+``workdir/state`` and a run restarted with the same config resumes from the latest epoch, giving
+the same final weights as an uninterrupted run (shuffling and augmentation are derived from
+``(seed, epoch, step)``). The best epoch by validation accuracy is exported as a model checkpoint
+(``workdir/model``: ``variables/`` + ``meta.json``); metrics go to ``workdir/metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax.training import train_state
+from tqdm.auto import tqdm
+
+from proact_jax import checkpoint as ckpt
+from proact_jax import data as data_lib
+from proact_jax import pipeline
+from proact_jax.evaluate import evaluate, make_eval_set
+from proact_jax.models import create_model
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  model: str = "small_cnn"
+  dataset: str = "digits"
+  data_dir: str | None = None
+  download: bool = False
+  epochs: int = 10
+  batch_size: int = 128
+  learning_rate: float = 0.05
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+  warmup_epochs: float = 0.0
+  augment: bool = True      # random crop (pad 4, or 1 for inputs <= 8 px) + horizontal flip
+  flip: bool = True         # digits: no horizontal flip
+  n_val: int = 0            # validation images held out of train for "best" (0: 10 %, <= 5000)
+  train_subset: int = 0     # use only this many training images (0: all)
+  seed: int = 0
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+def create_train_state(key, model, input_shape, config: TrainConfig, steps_per_epoch: int):
+  """Initialises variables and an SGD-momentum optimiser with a (warm-up +) cosine schedule."""
+  variables = model.init(key, jnp.zeros((1, *input_shape), jnp.float32))
+  total = max(1, config.epochs * steps_per_epoch)
+  warm = int(config.warmup_epochs * steps_per_epoch)
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0 if warm else config.learning_rate, config.learning_rate, max(warm, 0), total)
+  tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
+                   optax.sgd(schedule, momentum=config.momentum, nesterov=True))
+  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                           batch_stats=variables.get("batch_stats"))
+
+
+def _variables(state):
+  v = {"params": state.params}
+  if state.batch_stats is not None:
+    v["batch_stats"] = state.batch_stats
+  return v
+
+
+def train_step(state: TrainState, x, y, key, pad: int, flip: bool, augment: bool):
+  """One SGD step with on-the-fly augmentation; returns (state, loss, accuracy)."""
+  if augment:
+    x = pipeline.augment(key, x, pad=pad, flip=flip)
+  has_bn = state.batch_stats is not None
+
+  def loss_fn(params):
+    v = {"params": params, **({"batch_stats": state.batch_stats} if has_bn else {})}
+    if has_bn:
+      logits, new = state.apply_fn(v, x, train=True, mutable=["batch_stats"])
+    else:
+      logits, new = state.apply_fn(v, x, train=True), {}
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, (logits, new)
+
+  (loss, (logits, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads)
+  if has_bn:
+    state = state.replace(batch_stats=new["batch_stats"])
+  return state, loss, jnp.mean(jnp.argmax(logits, -1) == y)
+
+
+def eval_step(state: TrainState, x, y):
+  logits = state.apply_fn(_variables(state), x, train=False)
+  return jnp.sum(jnp.argmax(logits, -1) == y)
+
+
+def prepare_data(config: TrainConfig):
+  """Loads the dataset, normalises it and splits off the validation images (all seeded)."""
+  ds = data_lib.load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                             seed=config.seed)
+  mean, std = pipeline.channel_stats(ds.x_train)
+  x_tr, y_tr = ds.x_train, ds.y_train
+  n_val = config.n_val or min(5000, len(x_tr) // 10)
+  x_tr, y_tr, x_val, y_val = pipeline.split_train_val(x_tr, y_tr, n_val, config.seed)
+  if config.train_subset:
+    x_tr, y_tr = pipeline.subset(x_tr, y_tr, config.train_subset, config.seed)
+  norm = lambda a: pipeline.normalize(a, mean, std)
+  return ds, (mean, std), (norm(x_tr), y_tr), (norm(x_val), y_val), (norm(ds.x_test), ds.y_test)
+
+
+def _check_config(config: TrainConfig):
+  if config.epochs < 1:
+    raise ValueError(f"epochs must be >= 1, got {config.epochs}")
+  if config.batch_size < 1:
+    raise ValueError(f"batch size must be >= 1, got {config.batch_size}")
+  if config.learning_rate <= 0:
+    raise ValueError(f"learning rate must be > 0, got {config.learning_rate}")
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str, progress: bool = True,
+                       stop_after: int | None = None) -> dict | None:
+  """Trains, checkpoints every epoch, resumes from ``workdir`` if a run was interrupted.
+
+  Args:
+    stop_after: stop (as if interrupted) after this many epochs of this call; None returned.
+
+  Returns:
+    The metadata written next to the exported best model (``workdir/model``).
+  """
+  _check_config(config)
+  workdir = os.path.abspath(workdir)
+  ds, (mean, std), (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = prepare_data(config)
+  model = create_model(config.model, ds.num_classes)
+  os.makedirs(workdir, exist_ok=True)
+  cfg_path = os.path.join(workdir, "config.json")
+  cfg = dataclasses.asdict(config)
+  if os.path.exists(cfg_path):
+    with open(cfg_path) as f:
+      old = json.load(f)
+    if old != json.loads(json.dumps(cfg)):
+      diff = sorted(k for k in cfg if old.get(k) != cfg[k])
+      raise ValueError(f"{workdir} holds a run with a different configuration ({', '.join(diff)});"
+                       " use another --out or the same settings to resume")
+  else:
+    ckpt.write_json_atomic(cfg_path, cfg)
+
+  steps = pipeline.num_batches(len(x_tr), config.batch_size, drop_remainder=True)
+  if steps == 0:
+    raise ValueError(f"batch size {config.batch_size} exceeds the {len(x_tr)} training images")
+  key = jax.random.PRNGKey(config.seed)
+  init_key, aug_key = jax.random.split(key)
+  state = create_train_state(init_key, model, ds.input_shape, config, steps)
+  pad = 4 if ds.input_shape[0] > 8 else 1
+  step_fn = jax.jit(train_step, static_argnums=(4, 5, 6), donate_argnums=0)
+  val_set = make_eval_set(x_val, y_val)
+
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  start_epoch, best = 0, {"val_accuracy": -1.0, "epoch": -1}
+  with ocp.CheckpointManager(os.path.join(workdir, "state"), options=options) as mngr:
+    latest = mngr.latest_step()
+    if latest is not None:
+      restored = mngr.restore(latest, args=ocp.args.StandardRestore(
+          {"state": state, "best": {"val_accuracy": 0.0, "epoch": 0}}))
+      state, best = restored["state"], jax.tree_util.tree_map(float, restored["best"])
+      start_epoch = latest + 1
+      _truncate_metrics(metrics_path, start_epoch)
+      if progress:
+        print(f"resuming from epoch {start_epoch} of {config.epochs} in {workdir}")
+    t0 = time.time()
+    for epoch in range(start_epoch, config.epochs):
+      if stop_after is not None and epoch - start_epoch >= stop_after:
+        return None
+      bar = tqdm(pipeline.iterate_batches(x_tr, y_tr, config.batch_size, seed=config.seed * 1000
+                                          + epoch, shuffle=True, drop_remainder=True),
+                 total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                 leave=False)
+      losses, accs = [], []
+      for i, (xb, yb) in enumerate(bar):
+        k = jax.random.fold_in(aug_key, epoch * steps + i)
+        state, loss, acc = step_fn(state, jnp.asarray(xb), jnp.asarray(yb), k, pad,
+                                   config.flip, config.augment)
+        losses.append(loss)
+        accs.append(acc)
+        if i % 20 == 0:
+          bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(acc):.3f}")
+      val_acc, val_loss = evaluate(model, _variables(state), val_set)
+      row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+             "train_accuracy": float(np.mean(accs)), "val_accuracy": val_acc,
+             "val_loss": val_loss, "wall_time": time.time() - t0}
+      if val_acc >= best["val_accuracy"]:
+        best = {"val_accuracy": val_acc, "epoch": float(epoch)}
+        ckpt.save_checkpoint(os.path.join(workdir, "best"), _variables(state),
+                             {"epoch": epoch, "val_accuracy": val_acc}, overwrite=True)
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+      mngr.save(epoch, args=ocp.args.StandardSave({"state": state, "best": best}))
+      mngr.wait_until_finished()
+      if progress:
+        print(f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f} "
+              f"train acc {row['train_accuracy']:.4f} val acc {val_acc:.4f}")
+
+  variables = ckpt.load_variables(os.path.join(workdir, "best"))
+  test_acc, test_loss = evaluate(model, variables, x_te, y_te)
+  import proact_jax
+  meta = {"model": config.model, "dataset": ds.name, "num_classes": ds.num_classes,
+          "class_names": list(ds.class_names), "input_shape": list(ds.input_shape),
+          "mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist(),
+          "kind": "relu", "granularity": "layer", "accuracy": test_acc, "test_loss": test_loss,
+          "val_accuracy": best["val_accuracy"], "best_epoch": int(best["epoch"]),
+          "epochs": config.epochs, "seed": config.seed, "data_dir": config.data_dir,
+          "n_val": int(len(x_val)), "version": proact_jax.__version__, "config": cfg}
+  ckpt.save_checkpoint(os.path.join(workdir, "model"), variables, meta, overwrite=True)
+  return meta
+
+
+def _truncate_metrics(path: str, n_epochs: int):
+  """Drops metric rows of epochs that were logged but not checkpointed before a crash."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    rows = [json.loads(l) for l in f if l.strip()]
+  rows = [r for r in rows if r["epoch"] < n_epochs]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  os.replace(tmp, path)
