@@ -1,0 +1,400 @@
+"""One fault-injection trial on stored model variables (DESIGN.md section 3).
+
+Every function here is pure, takes the PRNG key first and corrupts one copy of the variables;
+callers batch trials with ``jax.lax.map`` over keys. ``fmt``, ``space`` and caps are static.
+
+Bit-flip model (:func:`flip_bits`): every stored bit of the fault space flips independently with
+probability ``ber``. Sampled without touching every bit: the count
+``K ~ Binomial(n_bits, ber)`` (``jax.random.binomial`` on chunks of 2^16 bits, summed as
+integers, so float32 never has to hold ``n_bits``), then ``K`` distinct positions uniform among
+``n_bits`` (conditioned on ``K``, which is exactly the Bernoulli model). Positions are
+``(value index, bit)`` pairs, drawn with replacement in a static batch of candidates and
+de-duplicated keeping first occurrences in draw order; the first ``K`` distinct ones are used.
+When fewer than ``K`` distinct candidates exist (``K`` above the static cap, or too many
+collisions), ``lax.cond`` switches to an exact dense path: a loop that draws further candidate
+batches and accepts those not yet chosen until ``K`` are chosen (choosing the ``n_bits - K``
+unflipped positions instead when ``K > n_bits / 2``). Every step is invariant under relabelling
+the positions, so the chosen set is a uniform ``K``-subset on both paths; nothing is truncated.
+Flips are applied by gathering the hit values' bit patterns, XOR-ing the combined mask of each
+value and scattering back; every other value in the fault space's collections is the quantised
+clean value ``fmt.quantize(w)``, bit for bit.
+
+Under ``vmap`` (not ``lax.map``) the ``cond`` becomes a select and the dense path's O(n_values)
+set-up runs for every trial (its loop still runs only for trials that need it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from flax.core import unfreeze
+
+from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, get_format
+
+_CHUNK = 1 << 16  # binomial draws per chunk: float32 stays accurate inside BTRS
+_DENSE_BATCH = 1 << 13  # candidates per round of the exact dense path
+_OPS = {"flip": lambda b, m: b ^ m, "set1": lambda b, m: b | m, "set0": lambda b, m: b & ~m}
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultSpace:
+  """Which stored bits are fault sites (hashable: a static argument).
+
+  Attributes:
+    collections: variable collections injected. Default params and thresholds (thresholds are
+      fault sites too, scalar ones included). ``batch_stats`` is off by default: on an
+      accelerator batch-norm statistics are folded into the weights; add it to inject them.
+    kernels: inject the non-bias leaves of ``params`` (kernels, BatchNorm scales).
+    biases: inject the ``params`` leaves named ``bias``.
+    layer: optional path prefix (``"Conv_0"``, ``"stage1_block0"``, a threshold site such as
+      ``"act6"``, or with the collection, ``"params/Dense_0"``) matched on whole path
+      components: inject into that layer only.
+    bit_lo, bit_hi: only bits ``bit_lo <= bit < bit_hi`` of each word (``bit_hi=None``: the
+      format's word length), for per-bit campaigns.
+
+  Every floating leaf of ``collections`` is stored (quantised) in the format, whether or not the
+  filters select it, so the clean reference is the same for every layer or bit filter.
+  """
+  collections: tuple[str, ...] = ("params", "thresholds")
+  kernels: bool = True
+  biases: bool = True
+  layer: str | None = None
+  bit_lo: int = 0
+  bit_hi: int | None = None
+
+  def bit_range(self, fmt: NumberFormat) -> tuple[int, int]:
+    """``(lo, hi)`` validated against the format's word length."""
+    hi = fmt.bits if self.bit_hi is None else int(self.bit_hi)
+    if not 0 <= self.bit_lo < hi <= fmt.bits:
+      raise ValueError(f"bit range [{self.bit_lo}, {hi}) is not inside [0, {fmt.bits}) of "
+                       f"format {fmt.name}")
+    return int(self.bit_lo), hi
+
+
+def _flat(variables: Any) -> dict[tuple[str, ...], Any]:
+  return traverse_util.flatten_dict(unfreeze(variables))
+
+
+def _is_float(x: Any) -> bool:
+  return jnp.issubdtype(jnp.result_type(x), jnp.floating)
+
+
+def _matches(path: tuple[str, ...], layer: str) -> bool:
+  want = layer.strip("/")
+  return any(p == want or p.startswith(want + "/")
+             for p in ("/".join(path[1:]), "/".join(path)))
+
+
+def layer_names(variables: Any, collections: Sequence[str] | None = None) -> list[str]:
+  """Layer paths (leaf paths without collection and leaf name) usable as ``FaultSpace.layer``."""
+  flat = _flat(variables)
+  return list(dict.fromkeys("/".join(p[1:-1]) for p in flat
+                            if collections is None or p[0] in collections))
+
+
+def fault_leaves(variables: Any, space: FaultSpace = FaultSpace()) -> list[str]:
+  """Paths (``"params/Conv_0/kernel"``) of the leaves in the fault space, in injection order
+  (sorted by path).
+
+  Raises:
+    ValueError: ``space.layer`` matches no leaf (some valid layer names are listed).
+  """
+  return ["/".join(p) for p in _select(_flat(variables), space)]
+
+
+def _select(flat: dict, space: FaultSpace) -> list[tuple[str, ...]]:
+  out = []  # sorted: the order jax.jit gives dicts, so positions agree inside and outside jit
+  for path, leaf in sorted(flat.items(), key=lambda item: item[0]):
+    if path[0] not in space.collections or not _is_float(leaf) or np.size(leaf) == 0:
+      continue
+    if path[0] == "params" and not (space.biases if path[-1] == "bias" else space.kernels):
+      continue
+    if space.layer is not None and not _matches(path, space.layer):
+      continue
+    out.append(path)
+  if space.layer is not None and not out:
+    names = [n for n in dict.fromkeys("/".join(p[1:-1]) for p in flat
+                                      if p[0] in space.collections) if n]
+    raise ValueError(f"layer filter {space.layer!r} matches no leaf of collections "
+                     f"{space.collections}; layers are e.g. {', '.join(names[:20])}")
+  return out
+
+
+def count_bits(variables: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
+               space: FaultSpace = FaultSpace()) -> int:
+  """``n_bits``: values in the fault space times selected bits per value."""
+  lo, hi = space.bit_range(get_format(fmt))
+  flat = _flat(variables)
+  return sum(int(np.size(flat[p])) for p in _select(flat, space)) * (hi - lo)
+
+
+def default_cap(n_bits: int, ber: float) -> int:
+  """Static flip cap ``ceil(mean + 12 sd + 32)`` of Binomial(n_bits, ber), at most n_bits.
+
+  Exceeding it is exact but slower (the dense path); its probability is below 1e-30.
+  """
+  mean = n_bits * ber
+  return int(min(n_bits, math.ceil(mean + 12.0 * math.sqrt(mean * (1.0 - ber)) + 32)))
+
+
+def _check_prob(p: Any, what: str) -> None:
+  """Validates a concrete probability eagerly; traced ones are clipped to [0, 1] later."""
+  if isinstance(p, jax.core.Tracer):
+    return
+  value = float(np.asarray(p))
+  if not 0.0 <= value <= 1.0:
+    raise ValueError(f"{what} must be in [0, 1], got {value}")
+
+
+def _resolve_cap(n_bits: int, p: Any, max_flips: int | None) -> int:
+  if max_flips is not None:
+    if int(max_flips) < 0:
+      raise ValueError(f"max_flips must be >= 0, got {max_flips}")
+    return min(int(max_flips), n_bits)
+  if isinstance(p, jax.core.Tracer):
+    raise ValueError("pass max_flips (e.g. default_cap(count_bits(...), largest_ber)) when the "
+                     "rate is traced: the cap is static")
+  return default_cap(n_bits, float(np.asarray(p)))
+
+
+def sample_count(key: chex.PRNGKey, n_bits: int, p: Any) -> jax.Array:
+  """``K ~ Binomial(n_bits, p)`` as int32 (``n_bits`` static, ``p`` may be traced)."""
+  p = jnp.clip(jnp.asarray(p, jnp.float32), 0.0, 1.0)
+  safe = jnp.where((p > 0) & (p < 1), p, 0.5)  # p = 0 or 1 would loop forever in inversion
+  full, rest = divmod(int(n_bits), _CHUNK)
+  k_full, k_rest = jax.random.split(key)
+  total = jnp.int32(0)
+  if full:
+    draws = jax.random.binomial(k_full, jnp.float32(_CHUNK), safe, shape=(full,))
+    total += jnp.sum(draws.astype(jnp.int32))
+  if rest:
+    total += jax.random.binomial(k_rest, jnp.float32(rest), safe).astype(jnp.int32)
+  return jnp.where(p == 0, 0, jnp.where(p == 1, jnp.int32(n_bits), total)).astype(jnp.int32)
+
+
+def _candidates(key, n_values: int, nb: int, m: int):
+  """``m`` uniform (value, bit) draws; ``first`` marks first occurrences (draw order)."""
+  kv, kb = jax.random.split(key)
+  v = jax.random.randint(kv, (m,), 0, n_values, jnp.int32)
+  b = jax.random.randint(kb, (m,), 0, nb, jnp.int32)
+  sv, sb, sd = jax.lax.sort((v, b, jnp.arange(m, dtype=jnp.int32)), num_keys=3)
+  first_sorted = jnp.concatenate(
+      [jnp.ones((1,), bool), (sv[1:] != sv[:-1]) | (sb[1:] != sb[:-1])])
+  first = jnp.zeros((m,), bool).at[sd].set(first_sorted)
+  return v, b, first, (sv, sb, sd)
+
+
+def _dense_masks(key, k, n_values: int, nb: int, lo: int, batch: int) -> jax.Array:
+  """Exact: a uniform ``k``-subset of the positions as per-value uint32 masks."""
+  n_bits = n_values * nb
+  comp = k > n_bits // 2
+  target = jnp.where(comp, n_bits - k, k)
+
+  def body(state):
+    key, chosen, left = state
+    key, sub = jax.random.split(key)
+    v, b, first, _ = _candidates(sub, n_values, nb, batch)
+    bit = jnp.left_shift(jnp.uint32(1), (b + lo).astype(jnp.uint32))
+    ok = first & ((chosen[v] & bit) == 0)
+    take = ok & (jnp.cumsum(ok) <= left)
+    chosen = chosen.at[v].add(jnp.where(take, bit, jnp.uint32(0)))  # distinct bits: add == or
+    return key, chosen, left - jnp.sum(take, dtype=jnp.int32)
+
+  init = (key, jnp.zeros((n_values,), jnp.uint32), target.astype(jnp.int32))
+  _, chosen, _ = jax.lax.while_loop(lambda s: s[2] > 0, body, init)
+  full = jnp.uint32(((1 << (lo + nb)) - 1) ^ ((1 << lo) - 1))
+  return jnp.where(comp, chosen ^ full, chosen)
+
+
+def _choose(key, k, n_values: int, lo: int, hi: int, cap: int,
+            sparse_fn: Callable, dense_fn: Callable):
+  """Chooses ``k`` distinct positions; calls ``sparse_fn(value_idx, masks)`` (sorted by value;
+  mask 0 = unused slot) or, when the candidates are too few, ``dense_fn(masks_per_value)``."""
+  nb = hi - lo
+  n_bits = n_values * nb
+  m = max(1, cap + math.ceil(4 * cap * cap / n_bits) + 16)
+  batch = max(m, min(_DENSE_BATCH, n_bits))
+  k_sparse, k_dense = jax.random.split(key)
+  _, _, first, (sv, sb, sd) = _candidates(k_sparse, n_values, nb, m)
+  ok = jnp.sum(first, dtype=jnp.int32) >= k
+
+  def sparse():
+    take = (first & (jnp.cumsum(first) <= k))[sd]  # first k distinct in draw order, sorted
+    bit = jnp.where(take, jnp.left_shift(jnp.uint32(1), (sb + lo).astype(jnp.uint32)),
+                    jnp.uint32(0))
+    group = jnp.cumsum(jnp.concatenate([jnp.ones((1,), bool), sv[1:] != sv[:-1]])) - 1
+    combined = jnp.zeros((m,), jnp.uint32).at[group].add(bit)[group]  # one mask per value
+    return sparse_fn(sv, combined)
+
+  def dense():
+    return dense_fn(_dense_masks(k_dense, jnp.where(ok, 0, k), n_values, nb, lo, batch))
+
+  return jax.lax.cond(ok, sparse, dense)
+
+
+def sample_flip_masks(key: chex.PRNGKey, n_values: int, k: Any, *, bit_lo: int = 0,
+                      bit_hi: int = 32, cap: int) -> jax.Array:
+  """The per-value uint32 flip masks of ``k`` distinct uniform positions (dense; for tests).
+
+  Uses the very draws :func:`flip_bits` uses for the same position key, so a reference can
+  replay an injection: for ``flip_bits(key, ...)`` pass ``jax.random.split(key)[1]`` and
+  ``k = sample_count(jax.random.split(key)[0], n_bits, ber)``.
+  """
+  def sparse_fn(sv, combined):
+    idx = jnp.where(combined != 0, sv, n_values)
+    return jnp.zeros((n_values,), jnp.uint32).at[idx].set(combined, mode="drop")
+
+  return _choose(key, jnp.asarray(k, jnp.int32), n_values, bit_lo, bit_hi, cap,
+                 sparse_fn, lambda masks: masks)
+
+
+def _inject(key, leaves: list, k, cap: int, fmt: NumberFormat, lo: int, hi: int, op: str):
+  """Quantised copies of ``leaves`` with ``op`` applied at ``k`` distinct positions."""
+  sizes = [int(x.size) for x in leaves]
+  offsets = np.cumsum([0] + sizes).tolist()
+  n_values = offsets[-1]
+  if n_values * (hi - lo) >= 2 ** 31:
+    raise ValueError(f"fault space of {n_values * (hi - lo)} bits exceeds 2^31 - 1")
+  encoded = [fmt.encode(x) for x in leaves]
+  apply = _OPS[op]
+
+  def sparse_fn(sv, combined):
+    new = []
+    for (bits, aux), x, off, size in zip(encoded, leaves, offsets, sizes):
+      hit = (sv >= off) & (sv < off + size) & (combined != 0)
+      local = jnp.where(hit, sv - off, size)
+      gathered = bits.reshape(-1)[jnp.minimum(local, size - 1)]
+      values = fmt.decode(apply(gathered, combined), aux).astype(x.dtype)
+      base = fmt.decode(bits, aux).astype(x.dtype).reshape(-1)
+      new.append(base.at[local].set(values, mode="drop").reshape(x.shape))
+    return new
+
+  def dense_fn(masks):
+    return [fmt.decode(apply(bits, masks[off:off + size].reshape(x.shape)), aux).astype(x.dtype)
+            for (bits, aux), x, off, size in zip(encoded, leaves, offsets, sizes)]
+
+  return _choose(key, k, n_values, lo, hi, cap, sparse_fn, dense_fn)
+
+
+def _quantized(flat: dict, fmt: NumberFormat, space: FaultSpace) -> dict:
+  return {p: (fmt.quantize(x).astype(x.dtype)
+              if p[0] in space.collections and _is_float(x) else x) for p, x in flat.items()}
+
+
+def quantize_variables(variables: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
+                       space: FaultSpace = FaultSpace()) -> Any:
+  """The clean reference: every floating leaf of ``space.collections`` quantised in ``fmt``
+  (other collections unchanged). Untouched values of every injector equal these bit for bit."""
+  fmt = get_format(fmt)
+  return traverse_util.unflatten_dict(_quantized(_flat(variables), fmt, space))
+
+
+def _corrupt(key, variables, k, cap: int, fmt: NumberFormat, space: FaultSpace, op: str):
+  """Quantises the space's collections and applies ``op`` at ``k`` distinct positions."""
+  lo, hi = space.bit_range(fmt)
+  flat = _flat(variables)
+  selected = _select(flat, space)
+  out = _quantized(flat, fmt, space)
+  if selected:
+    new = _inject(key, [jnp.asarray(flat[p]) for p in selected], k, cap, fmt, lo, hi, op)
+    out.update(zip(selected, new))
+  return traverse_util.unflatten_dict(out)
+
+
+def flip_bits(key: chex.PRNGKey, variables: Any, ber: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
+              space: FaultSpace = FaultSpace(), max_flips: int | None = None):
+  """One trial of independent bit flips at bit error rate ``ber``.
+
+  Args:
+    key: PRNG key.
+    variables: the model variables (plain dict of collections).
+    ber: flip probability per stored bit; a Python float is checked eagerly, a traced scalar is
+      clipped to [0, 1] (one compiled function then serves every BER).
+    fmt: number format name or :class:`NumberFormat` (static).
+    space: the fault space (static).
+    max_flips: static cap of the fast path; default :func:`default_cap` of the concrete ``ber``
+      (required when ``ber`` is traced). Counts above it take the exact dense path.
+
+  Returns:
+    ``(corrupted variables, n_flips)``; ``n_flips ~ Binomial(count_bits(...), ber)``, int32.
+
+  Raises:
+    ValueError: ``ber`` outside [0, 1], unknown layer filter, bad bit range.
+  """
+  _check_prob(ber, "ber")
+  fmt = get_format(fmt)
+  n_bits = count_bits(variables, fmt, space)
+  cap = _resolve_cap(n_bits, ber, max_flips)
+  k_count, k_pos = jax.random.split(key)
+  k = sample_count(k_count, n_bits, ber)
+  return _corrupt(k_pos, variables, k, cap, fmt, space, "flip"), k
+
+
+def stuck_at(key: chex.PRNGKey, variables: Any, rate: Any, value: int,
+             fmt: str | NumberFormat = DEFAULT_FORMAT, space: FaultSpace = FaultSpace(),
+             max_flips: int | None = None):
+  """Each stored bit is independently stuck at ``value`` (0 or 1) with probability ``rate``.
+
+  Sampled like :func:`flip_bits`. Returns ``(variables, n_stuck_sites)``; sites whose bit
+  already equals ``value`` are counted but change nothing.
+  """
+  if value not in (0, 1):
+    raise ValueError(f"stuck-at value must be 0 or 1, got {value}")
+  _check_prob(rate, "rate")
+  fmt = get_format(fmt)
+  n_bits = count_bits(variables, fmt, space)
+  cap = _resolve_cap(n_bits, rate, max_flips)
+  k_count, k_pos = jax.random.split(key)
+  k = sample_count(k_count, n_bits, rate)
+  return _corrupt(k_pos, variables, k, cap, fmt, space, f"set{value}"), k
+
+
+def flip_n(key: chex.PRNGKey, variables: Any, n: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
+           space: FaultSpace = FaultSpace(), max_flips: int | None = None):
+  """Exactly ``n`` distinct bit flips, uniform over the fault space.
+
+  ``n`` may be traced if ``max_flips`` (static) is given; a concrete ``n`` is its own cap.
+  Returns ``(variables, n)``.
+  """
+  fmt = get_format(fmt)
+  n_bits = count_bits(variables, fmt, space)
+  if not isinstance(n, jax.core.Tracer) and not 0 <= int(n) <= n_bits:
+    raise ValueError(f"n must be in [0, {n_bits}], got {n}")
+  if max_flips is None:
+    if isinstance(n, jax.core.Tracer):
+      raise ValueError("pass max_flips when n is traced")
+    max_flips = int(n)
+  k = jnp.clip(jnp.asarray(n, jnp.int32), 0, n_bits)
+  return _corrupt(key, variables, k, min(int(max_flips), n_bits), fmt, space, "flip"), k
+
+
+def toolbox_floor_flips(key: chex.PRNGKey, variables: Any, ber: float,
+                        fmt: str | NumberFormat = DEFAULT_FORMAT,
+                        space: FaultSpace = FaultSpace()):
+  """The authors' toolbox rule, for comparisons: exactly ``floor(n_leaf_values * bits * ber)``
+  distinct flips in each leaf (``bits`` = selected bits per value, 32 for a full Q15.16 word).
+
+  Biased against the Bernoulli model: a leaf with ``n_leaf_values * bits * ber < 1`` (biases,
+  scalar thresholds, small layers at low BER) is never hit, and the count has no variance.
+  ``ber`` must be a Python float. Returns ``(variables, total_flips)``.
+  """
+  _check_prob(ber, "ber")
+  fmt = get_format(fmt)
+  lo, hi = space.bit_range(fmt)
+  flat = _flat(variables)
+  out = _quantized(flat, fmt, space)
+  total = 0
+  for i, path in enumerate(_select(flat, space)):
+    k = int(math.floor(int(np.size(flat[path])) * (hi - lo) * float(ber)))
+    if k:
+      (out[path],) = _inject(jax.random.fold_in(key, i), [jnp.asarray(flat[path])],
+                             jnp.int32(k), k, fmt, lo, hi, "flip")
+    total += k
+  return traverse_util.unflatten_dict(out), jnp.int32(total)
