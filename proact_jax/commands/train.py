@@ -16,6 +16,7 @@ def add_arguments(p):
   p.add_argument("--batch-size", type=int, default=128)
   p.add_argument("--lr", type=float, default=0.05)
   p.add_argument("--weight-decay", type=float, default=5e-4)
+  p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up")
   p.add_argument("--no-augment", action="store_true")
   p.add_argument("--train-subset", type=int, default=0, help="use only N training images")
   p.add_argument("--out", required=True, help="run directory (resumes if it holds a run)")
@@ -34,6 +35,7 @@ def run(args) -> int:
                        data_dir=os.path.abspath(args.data_dir) if args.data_dir else None,
                        download=args.download, epochs=args.epochs, batch_size=args.batch_size,
                        learning_rate=args.lr, weight_decay=args.weight_decay,
+                       warmup_epochs=args.warmup_epochs,
                        augment=not args.no_augment, flip=args.dataset != "digits",
                        train_subset=args.train_subset, seed=args.seed)
   meta = train_and_evaluate(config, out)

@@ -1,0 +1,99 @@
+"""proact harden --checkpoint DIR --method ranger|ft-clipact|fitact|proact [--granularity G]
+[--epochs N] --out DIR"""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def add_arguments(p):
+  p.add_argument("--checkpoint", required=True, help="baseline checkpoint (proact train --out X: X/model)")
+  p.add_argument("--method", required=True, choices=["ranger", "ft-clipact", "fitact", "proact"])
+  p.add_argument("--granularity", default=None,
+                 help="layer|neuron|hybrid (defaults: ranger layer, ft-clipact layer, fitact "
+                      "neuron, proact hybrid)")
+  p.add_argument("--epochs", type=int, default=None,
+                 help="fitact: epochs; proact: epochs per layer-wise site (paper 20)")
+  p.add_argument("--last-epochs", type=int, default=None,
+                 help="proact: epochs of the neuron-wise last site (paper 50)")
+  p.add_argument("--budget", type=float, default=0.2,
+                 help="proact: clean-accuracy budget in percentage points (default 0.2)")
+  p.add_argument("--profile-images", type=int, default=3000)
+  p.add_argument("--train-images", type=int, default=0, help="distillation images (0: all)")
+  p.add_argument("--val-images", type=int, default=0, help="guard images (0: all held out)")
+  p.add_argument("--test-images", type=int, default=0, help="images for the reported accuracy")
+  p.add_argument("--fi-images", type=int, default=1000, help="ft-clipact: campaign images")
+  p.add_argument("--fi-trials", type=int, default=5, help="ft-clipact: trials per BER")
+  p.add_argument("--data-dir", default=None, help="override the checkpoint's data location")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", required=True, help="output checkpoint directory")
+  p.add_argument("--quiet", action="store_true")
+
+
+DEFAULT_GRANULARITY = {"ranger": "layer", "ft-clipact": "layer", "fitact": "neuron",
+                       "proact": "hybrid"}
+
+
+def run(args) -> int:
+  from proact_jax import methods
+  from proact_jax.checkpoint import load_checkpoint, write_json_atomic
+  from proact_jax.evaluate import evaluate
+  from proact_jax.workflow import checkpoint_data
+
+  granularity = args.granularity or DEFAULT_GRANULARITY[args.method]
+  methods.check_granularity(args.method, granularity)
+  if args.budget < 0:
+    raise ValueError(f"--budget must be >= 0 percentage points, got {args.budget}")
+  for name in ("epochs", "last_epochs"):
+    v = getattr(args, name)
+    if v is not None and v < 1:
+      raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+  out = os.path.abspath(args.out)
+  if os.path.exists(os.path.join(out, "meta.json")):
+    raise ValueError(f"{out} already holds a hardened checkpoint (refusing to overwrite)")
+  model, variables, meta = load_checkpoint(args.checkpoint)
+  if meta.get("kind", "relu") != "relu":
+    raise ValueError(f"{args.checkpoint} has no plain-ReLU baseline to harden: it was already "
+                     f"hardened with {meta.get('method', meta['kind'])}; pass the baseline")
+  data = checkpoint_data(meta, profile_images=args.profile_images, train_images=args.train_images,
+                         val_images=args.val_images, test_images=args.test_images,
+                         seed=args.seed, data_dir=args.data_dir)
+  progress = not args.quiet
+  work = out + ".progress"
+  common = dict(eval_set=data.val, workdir=work, progress=progress)
+  if args.method == "ranger":
+    h = methods.ranger(model, variables, data.x_profile, data.val, granularity)
+  elif args.method == "fitact":
+    cfg = methods.FitActConfig(granularity=granularity, seed=args.seed,
+                               **({"epochs": args.epochs} if args.epochs else {}))
+    h = methods.fitact(model, variables, data.x_profile, data.x_train, data.y_train, data.val,
+                       cfg, **common)
+  elif args.method == "proact":
+    kw = {}
+    if args.epochs:
+      kw["layer_epochs"] = args.epochs
+    if args.last_epochs:
+      kw["last_epochs"] = args.last_epochs
+    cfg = methods.ProActConfig(granularity=granularity, budget=args.budget / 100,
+                               seed=args.seed, **kw)
+    h = methods.proact(model, variables, data.x_profile, data.x_train, data.y_train, data.val,
+                       cfg, **common)
+  else:
+    cfg = methods.FTClipActConfig(images=args.fi_images, trials=args.fi_trials, seed=args.seed)
+    h = methods.ft_clipact(model, variables, data.x_profile, data.x_train, data.y_train,
+                           data.val, cfg, **common)
+  test_acc = evaluate(h.model, h.variables, data.x_test, data.y_test)[0]
+  base_acc = evaluate(model, variables, data.x_test, data.y_test)[0]
+  methods.save_hardened(out, h, meta, test_acc)
+  summary = {**h.summary(), "test_accuracy": test_acc, "baseline_test_accuracy": base_acc,
+             "checkpoint": os.path.abspath(args.checkpoint)}
+  write_json_atomic(os.path.join(out, "summary.json"), summary)
+  print(f"{args.method} ({granularity}): test accuracy {100 * test_acc:.2f} % "
+        f"(baseline {100 * base_acc:.2f} %), memory overhead {100 * h.memory_overhead:.4f} %, "
+        f"{summary['n_threshold_values']} threshold values, search {h.wall_time:.1f} s")
+  for s in h.sites:
+    print(f"  {s['site']:<24} n={s['n_values']:<6} lam in [{s['min']:.4g}, {s['max']:.4g}]"
+          + (f"  val acc {100 * s['clean_accuracy']:.2f} %" if "clean_accuracy" in s else ""))
+  print(f"hardened checkpoint: {out}")
+  return 0

@@ -1,0 +1,25 @@
+"""The four activation-restriction methods of the ProAct paper."""
+
+from proact_jax.methods.common import (ALLOWED_GRANULARITY, METHODS, Hardened, check_granularity,
+                                       with_activation)
+from proact_jax.methods.fitact import FitActConfig, fitact
+from proact_jax.methods.ft_clipact import FTClipActConfig, ft_clipact
+from proact_jax.methods.proact import ProActConfig, proact
+from proact_jax.methods.ranger import ranger
+
+__all__ = ["ALLOWED_GRANULARITY", "METHODS", "FTClipActConfig", "FitActConfig", "Hardened",
+           "ProActConfig", "check_granularity", "fitact", "ft_clipact", "proact", "ranger",
+           "with_activation", "save_hardened"]
+
+
+def save_hardened(directory: str, hardened: Hardened, base_meta: dict, test_accuracy: float,
+                  overwrite: bool = True) -> str:
+  """Writes a hardened checkpoint: baseline weights + thresholds + how to rebuild the model."""
+  import proact_jax
+  from proact_jax.checkpoint import save_checkpoint
+  meta = {k: v for k, v in base_meta.items() if k not in ("accuracy", "test_loss")}
+  meta.update({"kind": hardened.kind, "granularity": hardened.granularity,
+               "method": hardened.method, "accuracy": test_accuracy,
+               "baseline_accuracy": base_meta.get("accuracy"), "hardening": hardened.summary(),
+               "version": proact_jax.__version__})
+  return save_checkpoint(directory, hardened.variables, meta, overwrite=overwrite)

@@ -1,0 +1,169 @@
+"""What every threshold method shares: rebuilding a model with clipped activations, filling its
+thresholds from a profile, and the result record.
+
+A model takes part if its activation sites are built by a :class:`proact_jax.Activation` held in
+a field named ``act`` (all built-in models do; so can a user's): the methods rebuild it with
+``model.clone(act=Activation(kind, granularity))``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from proact_jax import thresholds as thr_lib
+from proact_jax.activations import THRESHOLDS, Activation
+from proact_jax.evaluate import EvalSet, evaluate
+from proact_jax.profile import profile_max, thresholds_from_profile
+
+METHODS = ("ranger", "ft-clipact", "fitact", "proact")
+ALLOWED_GRANULARITY = {
+    "ranger": ("layer", "neuron"),
+    "ft-clipact": ("layer",),
+    "fitact": ("neuron",),
+    "proact": ("hybrid", "layer", "neuron"),
+}
+KIND = {"ranger": "zero", "ft-clipact": "zero", "fitact": "smooth", "proact": "smooth"}
+
+
+@dataclasses.dataclass
+class Hardened:
+  """A hardened model: the baseline weights untouched plus a threshold tree."""
+  method: str
+  model: nn.Module                 # rebuilt with the clipped activation
+  variables: dict                  # baseline collections + "thresholds"
+  kind: str
+  granularity: str
+  clean_accuracy: float            # on the evaluation images given to the method
+  baseline_accuracy: float
+  sites: list = dataclasses.field(default_factory=list)   # per-site summaries, forward order
+  wall_time: float = 0.0
+  extra: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def memory_overhead(self) -> float:
+    return thr_lib.memory_overhead(self.variables)
+
+  def summary(self) -> dict:
+    return {"method": self.method, "kind": self.kind, "granularity": self.granularity,
+            "clean_accuracy": self.clean_accuracy, "baseline_accuracy": self.baseline_accuracy,
+            "memory_overhead": self.memory_overhead,
+            "n_threshold_values": thr_lib.count(self.variables.get(THRESHOLDS, {})),
+            "wall_time": self.wall_time, "sites": self.sites, **self.extra}
+
+
+def check_granularity(method: str, granularity: str) -> None:
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+  if granularity not in ALLOWED_GRANULARITY[method]:
+    raise ValueError(f"{method} does not allow granularity {granularity!r}; allowed: "
+                     f"{', '.join(ALLOWED_GRANULARITY[method])}")
+
+
+def with_activation(model: nn.Module, kind: str, granularity: str) -> nn.Module:
+  """The same architecture with its activation sites rebuilt as ``kind``/``granularity``."""
+  act = getattr(model, "act", None)
+  if not isinstance(act, Activation):
+    raise ValueError(f"model {type(model).__name__} has no thresholds support: build its "
+                     "activations with a proact_jax.Activation field named 'act'")
+  return model.clone(act=Activation(kind=kind, granularity=granularity, k=act.k))
+
+
+def baseline_variables(variables) -> dict:
+  """The baseline collections (params, batch_stats), without thresholds or profiling stats."""
+  return {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
+
+
+def profiled_thresholds(base_model: nn.Module, variables, clipped: nn.Module, input_shape,
+                        batches: Iterable) -> tuple[dict, dict]:
+  """(threshold tree of ``clipped`` filled from the profile, per-neuron maxima by site)."""
+  frozen = baseline_variables(variables)
+  relu_model = with_activation(base_model, "relu", "layer")
+  neuron_max = profile_max(relu_model, frozen, batches)
+  template = jax.eval_shape(lambda: clipped.init(jax.random.PRNGKey(0),
+                                                 jnp.zeros((1, *input_shape))))
+  if THRESHOLDS not in template:
+    raise ValueError("the clipped model has no thresholds")
+  tree = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), template[THRESHOLDS])
+  return thresholds_from_profile(tree, neuron_max), neuron_max
+
+
+def site_summary(tree, order, accuracies: dict | None = None) -> list:
+  out = []
+  for s in order:
+    lam = np.asarray(thr_lib.get_site(tree, s))
+    row = {"site": s, "n_values": int(lam.size), "min": float(lam.min()),
+           "max": float(lam.max()), "mean": float(lam.mean())}
+    if accuracies and s in accuracies:
+      row["clean_accuracy"] = accuracies[s]
+    out.append(row)
+  return out
+
+
+def accuracy(model, variables, data: EvalSet) -> float:
+  return evaluate(model, variables, data)[0]
+
+
+def batches_of(x: np.ndarray, batch_size: int = 256):
+  for i in range(0, len(x), batch_size):
+    yield x[i:i + batch_size]
+
+
+class Progress:
+  """Per-stage progress of a hardening run on disk, so an interrupted run resumes.
+
+  ``directory/progress.json`` lists finished stages with their summaries and
+  ``directory/thresholds.npz`` holds the threshold tree after the last finished stage; both are
+  replaced atomically. A different configuration in the same directory is refused.
+  """
+
+  def __init__(self, directory: str | None, config: dict):
+    import json
+    import os
+    self.dir = directory
+    self.config = json.loads(json.dumps(config, default=str))
+    self.stages: list = []
+    self.tree = None
+    if directory is None:
+      return
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "progress.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        saved = json.load(f)
+      if saved.get("config") != self.config:
+        raise ValueError(f"{directory} holds progress of a different hardening configuration; "
+                         "use another output directory")
+      self.stages = saved["stages"]
+      with np.load(os.path.join(directory, "thresholds.npz")) as z:
+        self.flat = {k: z[k] for k in z.files}
+
+  def restore(self, template: dict) -> dict | None:
+    """The saved tree shaped like ``template``, or None when nothing is saved."""
+    if not self.stages:
+      return None
+    tree = template
+    for site in thr_lib.site_names(template):
+      tree = thr_lib.set_site(tree, site, self.flat[site])
+    return tree
+
+  def done(self, stage: str) -> dict | None:
+    return next((s for s in self.stages if s["stage"] == stage), None)
+
+  def save(self, stage: str, tree: dict, info: dict) -> None:
+    import os
+    from proact_jax.checkpoint import write_json_atomic
+    self.stages.append({"stage": stage, **info})
+    if self.dir is None:
+      return
+    flat = {s: np.asarray(thr_lib.get_site(tree, s)) for s in thr_lib.site_names(tree)}
+    tmp = os.path.join(self.dir, ".thresholds.tmp.npz")
+    np.savez(tmp, **flat)
+    os.replace(tmp, os.path.join(self.dir, "thresholds.npz"))
+    write_json_atomic(os.path.join(self.dir, "progress.json"),
+                      {"config": self.config, "stages": self.stages})
