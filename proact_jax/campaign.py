@@ -1,0 +1,431 @@
+"""Fault-injection campaigns: many trials of :func:`faults.flip_bits`, batched and sharded.
+
+A trial corrupts a fresh copy of the quantised clean variables and measures top-1 accuracy and
+loss on the evaluation images (non-finite logits count as wrong). Trial ``t`` at BER index ``b``
+uses the key ``fold_in(fold_in(key, b), t)``, so its result does not depend on the trial batch
+size, the batching mode, the number of devices, or on resumption. Inside a trial the weights
+(every fault-space collection but ``thresholds``) are corrupted with ``fold_in(trial_key, 0)``
+and the thresholds with ``fold_in(trial_key, 1)``, in two ``flip_bits`` calls: variants that
+share a baseline's params but differ in thresholds (relu, Ranger, FT-ClipAct, FitAct, ProAct)
+receive identical weight faults in trial ``t``, so their accuracies can be compared paired.
+
+The clean tree is quantised once; ``flip_bits`` on it re-quantises idempotently. The BER is a
+traced argument with a static flip cap (``faults.default_cap`` at the largest BER), so one
+compilation serves every BER. Note the candidate draws depend on the cap, hence on the largest
+BER of the campaign: the BER list is part of a campaign's configuration.
+
+Batching (``mode``): ``"map"`` runs trials one after another with ``lax.map`` (``trial_batch``
+> 1 vmaps within chunks of that size); ``"vmap"`` vmaps every trial of a chunk (on CPU, vmapped
+parameter copies turn convolutions into grouped convolutions, several times slower);
+``"auto"`` is map on CPU, vmap on GPU/TPU. The trial axis is sharded over all devices with
+``shard_map`` (padded to a multiple of the device count; the padding is dropped). Multi-host
+(``jax.distributed.initialize()`` first): the mesh spans every process's devices, each process
+computes its share of the trials, results are all-gathered and only process 0 writes the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from flax.core import unfreeze
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from proact_jax import faults, stats
+from proact_jax.activations import THRESHOLDS, ClippedAct
+from proact_jax.evaluate import EvalSet, accuracy_and_loss, eval_apply, evaluate, make_eval_set
+from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, get_format
+from proact_jax.results import (CampaignResult, ResultsStore, fingerprint, load_results,
+                                result_from_store)
+
+MODES = ("auto", "map", "vmap")
+__all__ = ["MODES", "CampaignResult", "FaultPlan", "accuracy_under_faults", "activation_distance",
+           "activation_samples", "corrupt", "load_results", "make_plan", "run_campaign"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultPlan:
+  """Static description of one variant's corruption (hashable).
+
+  Attributes:
+    fmt: the number format.
+    weights: fault space of the non-threshold collections (None: no weight faults).
+    thresholds: fault space of the thresholds collection (None: none, e.g. a relu model).
+    cap_weights, cap_thresholds: static flip caps at the campaign's largest BER.
+    bits_weights, bits_thresholds: number of stored bits in each space.
+  """
+  fmt: NumberFormat
+  weights: faults.FaultSpace | None
+  thresholds: faults.FaultSpace | None
+  cap_weights: int = 0
+  cap_thresholds: int = 0
+  bits_weights: int = 0
+  bits_thresholds: int = 0
+
+
+def _subspace(variables, space: faults.FaultSpace, collections: tuple) -> faults.FaultSpace | None:
+  if not collections:
+    return None
+  sub = dataclasses.replace(space, collections=collections)
+  try:
+    leaves = faults.fault_leaves(variables, sub)
+  except ValueError:  # the layer filter matches nothing in these collections
+    return None
+  return sub if leaves else None
+
+
+def make_plan(variables, fmt: str | NumberFormat = DEFAULT_FORMAT,
+              space: faults.FaultSpace | None = None, max_ber: float = 1e-4,
+              require_match: bool = True) -> FaultPlan:
+  """Splits ``space`` into weights and thresholds and sizes the static caps for ``max_ber``.
+
+  Raises:
+    ValueError: bad bit range, or (``require_match``) a layer filter that matches nothing.
+  """
+  fmt = get_format(fmt)
+  space = space or faults.FaultSpace()
+  space.bit_range(fmt)
+  cols = tuple(space.collections)
+  w = _subspace(variables, space, tuple(c for c in cols if c != THRESHOLDS))
+  t = _subspace(variables, space, (THRESHOLDS,) if THRESHOLDS in cols else ())
+  if require_match and space.layer is not None and w is None and t is None:
+    faults.fault_leaves(variables, space)  # raises with the list of layer names
+  bw = faults.count_bits(variables, fmt, w) if w else 0
+  bt = faults.count_bits(variables, fmt, t) if t else 0
+  return FaultPlan(fmt, w, t, faults.default_cap(bw, max_ber) if bw else 0,
+                   faults.default_cap(bt, max_ber) if bt else 0, bw, bt)
+
+
+def corrupt(key: chex.PRNGKey, variables, ber: Any, plan: FaultPlan):
+  """One trial's corruption: ``(variables, n_flips_weights, n_flips_thresholds)``.
+
+  Weights use ``fold_in(key, 0)``, thresholds ``fold_in(key, 1)``; ``ber`` may be traced.
+  """
+  zero = jnp.int32(0)
+  nw = nt = zero
+  if plan.weights is not None:
+    variables, nw = faults.flip_bits(jax.random.fold_in(key, 0), variables, ber, plan.fmt,
+                                     plan.weights, max_flips=plan.cap_weights)
+  if plan.thresholds is not None:
+    variables, nt = faults.flip_bits(jax.random.fold_in(key, 1), variables, ber, plan.fmt,
+                                     plan.thresholds, max_flips=plan.cap_thresholds)
+  return variables, nw, nt
+
+
+def _resolve_mode(mode: str) -> str:
+  if mode not in MODES:
+    raise ValueError(f"unknown batching mode {mode!r}; expected one of {', '.join(MODES)}")
+  if mode == "auto":
+    return "map" if jax.default_backend() == "cpu" else "vmap"
+  return mode
+
+
+def _batched(one: Callable, idx: jax.Array, mode: str, trial_batch: int | None):
+  if mode == "vmap" and not trial_batch:
+    return jax.vmap(one)(idx)
+  return jax.lax.map(one, idx, batch_size=trial_batch if trial_batch and trial_batch > 1 else None)
+
+
+@functools.lru_cache(maxsize=64)
+def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: int):
+  """jit(f)(clean, data, key, ber_index, ber, idx) -> (acc, loss, n_w, n_t), each [len(idx)]."""
+  apply_fn = eval_apply(model)
+
+  def local(clean, data, key, ber_index, ber, idx):
+    bkey = jax.random.fold_in(key, ber_index)
+
+    def one(t):
+      v, nw, nt = corrupt(jax.random.fold_in(bkey, t), clean, ber, plan)
+      acc, loss = accuracy_and_loss(apply_fn, v, data)
+      return acc, loss, nw, nt
+
+    return _batched(one, idx, mode, trial_batch)
+
+  if n_dev == 1:
+    return jax.jit(local)
+  mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("trials",))
+  f = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P(), P(), P("trials")),
+                    out_specs=P("trials"), check_vma=False)
+  return jax.jit(f)
+
+
+def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: float,
+                trials: Sequence[int], mode: str, trial_batch: int | None,
+                size: int | None = None) -> tuple[np.ndarray, ...]:
+  """Runs the given trial indices (padded to ``size`` and to a multiple of the device count)."""
+  n_dev = jax.device_count()
+  trials = np.asarray(trials, np.int32)
+  size = max(size or len(trials), len(trials))
+  size = -(-size // n_dev) * n_dev
+  idx = np.concatenate([trials, np.full(size - len(trials), trials[-1], np.int32)])
+  f = _runner(model, plan, mode, trial_batch, n_dev)
+  if n_dev > 1:
+    mesh = Mesh(np.asarray(jax.devices()), ("trials",))
+    idx = jax.make_array_from_callback(idx.shape, NamedSharding(mesh, P("trials")),
+                                       lambda i: idx[i])
+  out = f(clean, data, key, jnp.int32(ber_index), jnp.float32(ber), idx)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    out = multihost_utils.process_allgather(out, tiled=True)
+  return tuple(np.asarray(o)[:len(trials)] for o in out)
+
+
+def _check_bers(bers) -> list[float]:
+  try:
+    out = [float(b) for b in np.atleast_1d(np.asarray(bers, np.float64))]
+  except (TypeError, ValueError):
+    raise ValueError(f"bit error rates must be numbers, got {bers!r}") from None
+  if not out:
+    raise ValueError("need at least one bit error rate")
+  for b in out:
+    if not 0.0 <= b <= 1.0 or math.isnan(b):
+      raise ValueError(f"bit error rate must be in [0, 1], got {b}")
+  return out
+
+
+def accuracy_under_faults(key: chex.PRNGKey, model, variables, eval_set: EvalSet, bers, trials,
+                          *, fmt: str | NumberFormat = DEFAULT_FORMAT,
+                          space: faults.FaultSpace | None = None,
+                          trial_batch: int | None = None, mode: str = "auto") -> np.ndarray:
+  """Top-1 accuracies under bit flips, ``[len(bers), trials]`` in [0, 1].
+
+  Trial ``t`` at BER index ``b`` uses ``fold_in(fold_in(key, b), t)`` (see module docstring).
+  """
+  bers = _check_bers(bers)
+  if int(trials) < 1:
+    raise ValueError(f"trials must be >= 1, got {trials}")
+  mode = _resolve_mode(mode)
+  plan = make_plan(variables, fmt, space, max(bers))
+  clean = faults.quantize_variables(variables, plan.fmt, space or faults.FaultSpace())
+  out = np.zeros((len(bers), int(trials)))
+  for i, ber in enumerate(bers):
+    out[i] = _run_trials(model, plan, clean, eval_set, key, i, ber, range(int(trials)), mode,
+                         trial_batch)[0]
+  return out
+
+
+def eval_set_hash(data: EvalSet) -> str:
+  return fingerprint({"x": data.x, "y": data.y, "mask": data.mask})
+
+
+def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, trials: int, *,
+                 fmt: str | NumberFormat = DEFAULT_FORMAT, space: faults.FaultSpace | None = None,
+                 results_path: str | None = None, ci_target: float | None = None,
+                 min_trials: int = 30, max_trials: int | None = None, chunk: int | None = None,
+                 progress: bool = True, config_extra: dict | None = None,
+                 reference: str | None = None, trial_batch: int | None = None,
+                 mode: str = "auto", confidence: float = 0.95,
+                 on_chunk: Callable | None = None) -> CampaignResult:
+  """A paired campaign over one or several variants, resumable through a JSONL results file.
+
+  Args:
+    key: the campaign's PRNG key.
+    variants: ``{name: (model, variables)}``; every variant sees the same trial keys.
+    eval_set: the evaluation images.
+    bers: bit error rates in [0, 1].
+    trials: trials per BER; with ``ci_target``, the maximum unless ``max_trials`` is given.
+    fmt, space: number format and fault space (thresholds are fault sites by default).
+    results_path: JSONL file written as trials finish; an existing file with the same
+      configuration is resumed, one with a different configuration is refused.
+    ci_target: sequential mode: half-width target of the 95% CI in accuracy points (0.5 = half a
+      percentage point). Trials run in chunks; a BER stops at the first chunk boundary (at least
+      ``min_trials``) where every variant's half-width is within the target, or at ``max_trials``.
+    chunk: trials per chunk (fixed mode: balanced chunks of at most 64; sequential: 10).
+    progress: show a tqdm bar (BER, trials, running mean and CI half-width).
+    config_extra: extra JSON items identifying the campaign (compared on resume).
+    reference: the variant paired differences are taken against (default "relu", else the
+      first).
+    trial_batch, mode: batching (see module docstring); they do not change the results.
+    on_chunk: optional ``f(variant, ber_index, trial_indices)`` called after each chunk is saved.
+
+  Returns:
+    A :class:`CampaignResult`.
+
+  Raises:
+    ValueError: bad BERs, trial counts, format, bit range, layer filter, or a results file from
+      a different configuration. Nothing is written before the inputs are validated.
+  """
+  bers = _check_bers(bers)
+  if not variants:
+    raise ValueError("need at least one variant")
+  if int(trials) < 1:
+    raise ValueError(f"trials must be >= 1, got {trials}")
+  if ci_target is not None and not ci_target > 0:
+    raise ValueError(f"the CI half-width target must be > 0 points, got {ci_target}")
+  mode = _resolve_mode(mode)
+  fmt = get_format(fmt)
+  space = space or faults.FaultSpace()
+  names = list(variants)
+  reference = reference or ("relu" if "relu" in variants else names[0])
+  if reference not in variants:
+    raise ValueError(f"reference variant {reference!r} is not one of {', '.join(names)}")
+  plans = {n: make_plan(v, fmt, space, max(bers), require_match=False)
+           for n, (_, v) in variants.items()}
+  if space.layer is not None and all(p.weights is None and p.thresholds is None
+                                     for p in plans.values()):
+    faults.fault_leaves(variants[names[0]][1], space)  # raises with the layer names
+  max_trials = int(max_trials or trials)
+  sequential = ci_target is not None
+  min_trials = min(int(min_trials), max_trials)
+  if chunk is None:
+    chunk = 10 if sequential else -(-int(trials) // -(-int(trials) // 64))
+  chunk = max(1, int(chunk))
+  config = {
+      "version": 1, "key": np.asarray(jax.random.key_data(key)).tolist(), "bers": bers,
+      "format": fmt.name, "space": dataclasses.asdict(space),
+      "trial_key": "fold_in(fold_in(key, ber_index), trial); weights fold_in(k, 0), "
+                   "thresholds fold_in(k, 1)",
+      "variants": {n: {"model": repr(m), "fingerprint": fingerprint(v),
+                       "bits_weights": plans[n].bits_weights,
+                       "bits_thresholds": plans[n].bits_thresholds,
+                       "cap_weights": plans[n].cap_weights,
+                       "cap_thresholds": plans[n].cap_thresholds}
+                   for n, (m, v) in variants.items()},
+      "eval_set": {"n": int(eval_set.n), "hash": eval_set_hash(eval_set)},
+      "extra": config_extra or {},
+  }
+  run = {"trials": int(trials), "ci_target": ci_target, "min_trials": min_trials,
+         "max_trials": max_trials, "chunk": chunk, "mode": mode, "trial_batch": trial_batch,
+         "devices": jax.device_count(), "reference": reference}
+  store = ResultsStore(results_path, config, run, write=jax.process_index() == 0)
+  clean = {n: faults.quantize_variables(v, fmt, space) for n, (_, v) in variants.items()}
+  for n, (m, _) in variants.items():
+    if n not in store.clean:
+      store.add_clean(n, *evaluate(m, clean[n], eval_set))
+
+  if sequential:
+    first = -(-min_trials // chunk) * chunk
+    bounds = list(range(first, max_trials, chunk)) + [max_trials]
+  else:
+    bounds = list(range(chunk, int(trials), chunk)) + [int(trials)]
+  bar = None
+  if progress:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=len(bers) * len(names) * bounds[-1], unit="trial", dynamic_ncols=True)
+  final_n = []
+  try:
+    for b, ber in enumerate(bers):
+      n_done = 0
+      for n_k in bounds:
+        for name in names:
+          model, _ = variants[name]
+          missing = [t for t in range(n_k) if t not in store.done(name, b)]
+          if bar is not None:
+            bar.update(n_k - len(missing) - min(n_k, n_done))
+          for s in range(0, len(missing), chunk):
+            part = missing[s:s + chunk]
+            acc, loss, nw, nt = _run_trials(model, plans[name], clean[name], eval_set, key, b,
+                                            ber, part, mode, trial_batch, size=chunk)
+            store.add_trials(
+                {"type": "trial", "variant": name, "ber_index": b, "ber": ber, "trial": int(t),
+                 "accuracy": float(a), "loss": float(lo), "n_flips": int(w) + int(h),
+                 "n_flips_weights": int(w), "n_flips_thresholds": int(h)}
+                for t, a, lo, w, h in zip(part, acc, loss, nw, nt))
+            if bar is not None:
+              bar.update(len(part))
+            if on_chunk is not None:
+              on_chunk(name, b, list(part))
+        n_done = n_k
+        accs = {v: store.arrays(v, b, n_k)["accuracy"] for v in names}
+        worst = max(stats.summarize(a, confidence)["half_width"] for a in accs.values())
+        if bar is not None:
+          bar.set_postfix(ber=f"{ber:.0e}", n=n_k, mean=f"{100 * np.mean(accs[reference]):.2f}%",
+                          hw=f"{100 * worst:.2f}pp")
+        if sequential and all(stats.should_stop(a, ci_target / 100.0, min_trials, confidence)
+                              for a in accs.values()):
+          break
+      if bar is not None:
+        bar.update(len(names) * (bounds[-1] - n_done))
+      final_n.append(n_done)
+  finally:
+    if bar is not None:
+      bar.close()
+  return result_from_store(store, bers, names, reference, final_n, confidence)
+
+
+def _site_name(path: tuple) -> str:
+  return "/".join(p for p in path if p != "__call__")
+
+
+def _capture(model, variables, x: jax.Array) -> dict[str, jax.Array]:
+  """Outputs of every :class:`ClippedAct` (site name -> activation)."""
+  _, state = model.apply(variables, x, train=False, mutable=["intermediates"],
+                         capture_intermediates=lambda mdl, _: isinstance(mdl, ClippedAct))
+  flat = traverse_util.flatten_dict(unfreeze(state["intermediates"]))
+  return {_site_name(p): v[0] if isinstance(v, tuple) else v for p, v in flat.items()}
+
+
+def _activation_setup(model, variables, x, ber, fmt, space, layer):
+  _check_bers([ber])
+  space = space or faults.FaultSpace()
+  if layer is not None:
+    space = dataclasses.replace(space, layer=layer)
+  plan = make_plan(variables, fmt, space, float(ber))
+  clean = faults.quantize_variables(variables, plan.fmt, space)
+  x = jnp.asarray(x, jnp.float32)
+  return plan, clean, x
+
+
+def activation_distance(key: chex.PRNGKey, model, variables, x, ber: float, *,
+                        fmt: str | NumberFormat = DEFAULT_FORMAT,
+                        space: faults.FaultSpace | None = None, layer: str | None = None,
+                        trials: int = 10) -> dict[str, float]:
+  """Mean over trials and images of ``||a_faulty - a_clean||^2`` at each activation site.
+
+  ``a`` is a site's output for one image (the outputs of every ``ClippedAct``); clean = the
+  quantised, unflipped variables. Trial ``t`` uses the same corruption as trial ``t`` of BER
+  index 0 of a campaign with key ``key`` and this single BER. Non-finite differences (float
+  formats) propagate as inf/nan. ``x``: a modest batch of images (one forward pass each).
+  """
+  plan, clean, x = _activation_setup(model, variables, x, ber, fmt, space, layer)
+  ref = _capture(model, clean, x)
+  bkey = jax.random.fold_in(key, 0)
+
+  @jax.jit
+  def run(clean, ref, x, ber):
+    def one(t):
+      v, _, _ = corrupt(jax.random.fold_in(bkey, t), clean, ber, plan)
+      acts = _capture(model, v, x)
+      return {s: jnp.mean(jnp.sum(jnp.square(acts[s] - ref[s]).reshape(x.shape[0], -1), -1))
+              for s in ref}
+    return jax.lax.map(one, jnp.arange(int(trials)))
+
+  out = run(clean, ref, x, jnp.float32(ber))
+  return {s: float(np.mean(np.asarray(out[s]))) for s in ref}
+
+
+def activation_samples(key: chex.PRNGKey, model, variables, x, ber: float, *,
+                       fmt: str | NumberFormat = DEFAULT_FORMAT,
+                       space: faults.FaultSpace | None = None, layer: str | None = None,
+                       trials: int = 1, max_samples: int = 20000) -> dict[str, dict]:
+  """Fault-free and faulty activations per site for histograms.
+
+  Returns ``{site: {"clean": [s], "faulty": [trials * s]}}`` (numpy), the same ``s <=
+  max_samples`` randomly chosen activation elements of every trial (seeded by ``key``).
+  """
+  plan, clean, x = _activation_setup(model, variables, x, ber, fmt, space, layer)
+  ref = _capture(model, clean, x)
+  picks = {}
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+  for s, a in ref.items():
+    picks[s] = np.sort(rng.choice(a.size, min(a.size, max_samples), replace=False))
+  bkey = jax.random.fold_in(key, 0)
+
+  @jax.jit
+  def run(clean, x, ber):
+    def one(t):
+      v, _, _ = corrupt(jax.random.fold_in(bkey, t), clean, ber, plan)
+      acts = _capture(model, v, x)
+      return {s: acts[s].reshape(-1)[picks[s]] for s in ref}
+    return jax.lax.map(one, jnp.arange(int(trials)))
+
+  out = run(clean, x, jnp.float32(ber))
+  return {s: {"clean": np.asarray(ref[s]).reshape(-1)[picks[s]],
+              "faulty": np.asarray(out[s]).reshape(-1)} for s in ref}
