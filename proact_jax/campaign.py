@@ -174,7 +174,10 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     out = multihost_utils.process_allgather(out, tiled=True)
-  return tuple(np.asarray(o)[:len(trials)] for o in out)
+  acc, loss, nw, nt = (np.asarray(o)[:len(trials)] for o in out)
+  # exact count / n in float64: float32 division may differ in the last bit across batchings
+  acc = np.rint(acc.astype(np.float64) * int(data.n)) / int(data.n)
+  return acc, loss, nw, nt
 
 
 def _check_bers(bers) -> list[float]:

@@ -1,0 +1,81 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import proact_jax as pj
+from proact_jax import checkpoint as ckpt
+from proact_jax import cli
+from proact_jax.results import ResultsStore
+
+META = {"model": "small_cnn", "num_classes": 10, "input_shape": [8, 8, 1], "dataset": "digits",
+        "mean": [0.3], "std": [0.37], "n_val": 100, "kind": "relu", "granularity": "layer",
+        "config": {"seed": 0}}
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+  root = tmp_path_factory.mktemp("sweep")
+  model = pj.create_model("small_cnn", 10)
+  out = {}
+  for name, seed in (("base", 0), ("other", 1)):
+    v = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 1)))
+    out[name] = ckpt.save_checkpoint(str(root / name), v, META)
+  existing = str(root / "existing.jsonl")
+  ResultsStore(existing, {"something": "else"})
+  out["existing"] = existing
+  out["root"] = str(root)
+  return out
+
+
+def _run(capsys, *argv):
+  rc = cli.main(["sweep", *argv])
+  return rc, capsys.readouterr()
+
+
+def test_sweep_writes_results_and_summary(ckpts, capsys, tmp_path):
+  out = str(tmp_path / "r.jsonl")
+  rc, cap = _run(capsys, "--checkpoint", ckpts["base"], "--bers", "1e-4,1e-3", "--trials", "2",
+                 "--images", "20", "--quiet", "--out", out)
+  assert rc == 0, cap.err
+  assert "| relu | 1e-03 | 2 |" in cap.out
+  rows = [json.loads(line) for line in open(out)]
+  assert rows[0]["type"] == "header" and sum(r["type"] == "trial" for r in rows) == 4
+  assert os.path.exists(str(tmp_path / "r.summary.csv"))
+  assert os.path.exists(str(tmp_path / "r.summary.md"))
+  rc, cap = _run(capsys, "--checkpoint", ckpts["base"], "--bers", "1e-4,1e-3", "--trials", "2",
+                 "--images", "20", "--quiet", "--out", out)  # resumed: nothing recomputed
+  assert rc == 0 and len(open(out).readlines()) == len(rows)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--bers", "2"], "outside [0, 1]"),
+    (["--bers", "1e-5,abc"], "comma-separated numbers"),
+    (["--bers=-1e-5"], "outside [0, 1]"),
+    (["--trials", "0"], "--trials must be >= 1"),
+    (["--format", "q40.40"], "exceeds 32"),
+    (["--format", "fp8"], "unknown number format"),
+    (["--layer", "nope"], "matches no leaf"),
+    (["--bits", "0:40"], "not inside"),
+    (["--ci-target", "0"], "--ci-target"),
+    (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
+    (["--checkpoint", "OTHER"], "params differ"),
+    (["--out", "EXISTING"], "different configuration"),
+])
+def test_bad_inputs_exit_2_with_one_line(ckpts, capsys, args, msg):
+  out = ckpts["existing"]
+  before = open(out).read()
+  args = [ckpts["other"] if a == "OTHER" else a for a in args]
+  if "--out" not in args:
+    args += ["--out", out]
+  args = [out if a == "EXISTING" else a for a in args]
+  if "/nonexistent/ckpt" not in args:
+    args = ["--checkpoint", ckpts["base"]] + args
+  rc, cap = _run(capsys, "--trials", "2", "--bers", "1e-4", "--quiet", *args)
+  assert rc == 2
+  lines = cap.err.strip().splitlines()
+  assert len(lines) == 1 and msg in lines[0], cap.err
+  assert open(out).read() == before
+  assert sorted(os.listdir(ckpts["root"])) == ["base", "existing.jsonl", "other"]
