@@ -1,0 +1,122 @@
+"""Campaign cost ratios, measured in one run (by hand; not a test).
+
+  python benchmarks/bench_campaign.py [--images 512] [--trials 3] \
+      [--checkpoint /tmp/x/base/model]   # a trained digits small_cnn for (d)
+
+(a) campaign time / (clean forward time of the same images x trials), AlexNet, BER 1e-7..1e-4;
+(b) lax.map vs vmap trial batching; (c) corrupting one copy vs one forward batch of 256;
+(d) image evaluations our sequential campaign needs for "mean accuracy at 6 BERs with 95% CI
+half-width <= 0.5 points" vs the paper's 500 trials x 10,000 images x 6 BERs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import proact_jax as pj
+from proact_jax import campaign, faults, stats
+from proact_jax.evaluate import _evaluate_jit, eval_apply, make_eval_set
+
+PAPER_BERS = [1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5]
+
+
+def _time(f, repeat=3):
+  f()  # warm-up / compile
+  ts = []
+  for _ in range(repeat):
+    t = time.perf_counter()
+    f()
+    ts.append(time.perf_counter() - t)
+  return float(np.median(ts))
+
+
+def bench_alexnet(n_images: int, trials: int, vmap_trials: int):
+  model = pj.create_model("alexnet", 10)
+  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (n_images, 32, 32, 3)))
+  y = np.zeros(n_images, np.int32)
+  data = make_eval_set(x, y, 256)
+  clean = faults.quantize_variables(v)
+  fwd = _time(lambda: jax.block_until_ready(_evaluate_jit(eval_apply(model), clean, data)))
+  print(f"AlexNet, {n_images} images: clean forward {fwd:.3f} s")
+  bers = [1e-7, 1e-6, 1e-5, 1e-4]
+  plan = campaign.make_plan(v, "q15.16", None, max(bers))
+  key = jax.random.PRNGKey(2)
+  t0 = time.perf_counter()
+  campaign._run_trials(model, plan, clean, data, key, 0, bers[0], [0], "map", None, size=trials)
+  print(f"compile + first chunk: {time.perf_counter() - t0:.1f} s")
+  ratios = {}
+  for i, ber in enumerate(bers):
+    t = _time(lambda: campaign._run_trials(model, plan, clean, data, key, i, ber,
+                                           range(trials), "map", None), repeat=2)
+    ratios[ber] = t / (fwd * trials)
+    print(f"(a) BER {ber:.0e}: {t:.2f} s for {trials} trials; ratio {ratios[ber]:.3f}")
+  small = make_eval_set(x[:256], y[:256], 256)
+  tm = _time(lambda: campaign._run_trials(model, plan, clean, small, key, 2, 1e-5,
+                                          range(vmap_trials), "map", None), repeat=1)
+  tv = _time(lambda: campaign._run_trials(model, plan, clean, small, key, 2, 1e-5,
+                                          range(vmap_trials), "vmap", None), repeat=1)
+  print(f"(b) {vmap_trials} trials x 256 images: map {tm:.2f} s, vmap {tv:.2f} s, "
+        f"vmap/map {tv / tm:.2f}")
+  corrupt = jax.jit(lambda k, c: campaign.corrupt(k, c, jnp.float32(1e-5), plan))
+  tc = _time(lambda: jax.block_until_ready(corrupt(key, clean)))
+  f256 = _time(lambda: jax.block_until_ready(_evaluate_jit(eval_apply(model), clean, small)))
+  print(f"(c) corrupt one copy {1e3 * tc:.1f} ms, forward of 256 images {1e3 * f256:.1f} ms, "
+        f"ratio {tc / f256:.3f}")
+  return ratios
+
+
+def bench_budget(checkpoint: str, max_trials: int, target_pp: float):
+  from proact_jax.checkpoint import load_checkpoint
+  from proact_jax.workflow import checkpoint_data
+  model, v, meta = load_checkpoint(checkpoint)
+  d = checkpoint_data(meta)
+  data = make_eval_set(d.x_test, d.y_test)
+  t = time.perf_counter()
+  res = campaign.run_campaign(jax.random.PRNGKey(0), {"relu": (model, v)}, data, PAPER_BERS,
+                              max_trials, ci_target=target_pp, min_trials=30, chunk=10,
+                              progress=False)
+  wall = time.perf_counter() - t
+  rows = res.summary_rows()
+  used = sum(r["n"] for r in rows) * data.n
+  paper = 500 * 10_000 * len(PAPER_BERS)
+  like = 500 * data.n * len(PAPER_BERS)
+  print(f"(d) {meta['model']} on {meta['dataset']}, {data.n} test images, target "
+        f"{target_pp} pp, max {max_trials} trials/BER ({wall:.0f} s):")
+  for r, acc in zip(rows, res.accuracies("relu")):
+    # variance decomposition: per-trial accuracy on m fresh images has variance
+    # Var_fault + E[p(1-p)]/m; with all N images, Var_fault ~= var - E[p(1-p)]/N
+    vimg = float(np.mean(acc * (1 - acc)))
+    vfault = max(0.0, float(np.var(acc, ddof=1)) - vimg / data.n)
+    need = stats.sample_size_from_std(np.sqrt(vfault + vimg / data.n), target_pp / 100)
+    print(f"    BER {r['ber']:.0e}: n={r['n']:4d} mean {100 * r['mean']:.2f}% "
+          f"half-width {100 * r['half_width']:.2f} pp; sd_fault {100 * np.sqrt(vfault):.2f} pp, "
+          f"sd_image/sqrt(N) {100 * np.sqrt(vimg / data.n):.2f} pp; "
+          f"trials needed for the target {need}")
+  print(f"    image evaluations: ours {used:,} vs paper 500 x 10,000 x 6 = {paper:,} "
+        f"(ratio 1/{paper / used:.0f}); vs 500 x {data.n} x 6 = {like:,} "
+        f"(ratio 1/{like / used:.1f})")
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--images", type=int, default=512)
+  p.add_argument("--trials", type=int, default=3)
+  p.add_argument("--vmap-trials", type=int, default=2)
+  p.add_argument("--checkpoint", default=None, help="trained digits small_cnn for (d)")
+  p.add_argument("--max-trials", type=int, default=500)
+  p.add_argument("--target", type=float, default=0.5)
+  args = p.parse_args()
+  print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s)")
+  bench_alexnet(args.images, args.trials, args.vmap_trials)
+  if args.checkpoint:
+    bench_budget(args.checkpoint, args.max_trials, args.target)
+
+
+if __name__ == "__main__":
+  main()
