@@ -74,6 +74,7 @@ def run(args) -> int:
   import jax
 
   from proact_jax import campaign, faults
+  from proact_jax.activation_stats import campaign_extra
   from proact_jax.checkpoint import load_checkpoint
   from proact_jax.evaluate import make_eval_set
   from proact_jax.formats import get_format
@@ -105,12 +106,13 @@ def run(args) -> int:
     if not os.path.isdir(d):
       raise ValueError(f"checkpoint {d} does not exist")
 
-  variants, metas, used = {}, [], set()
+  variants, metas, used, entries = {}, [], set(), {}
   for d in args.checkpoint:
     model, variables, meta = load_checkpoint(d)
     name = _variant_name(meta, used)
     used.add(name)
     variants[name] = (model, variables)
+    entries[name] = (model, variables, meta)
     metas.append(meta)
   if len(variants) > 1:
     prints = {n: fingerprint(v.get("params", {})) for n, (_, v) in variants.items()}
@@ -132,7 +134,7 @@ def run(args) -> int:
   max_trials = (args.max_trials or 10 * args.trials) if sequential else args.trials
   if sequential and max_trials < args.trials:
     raise ValueError(f"--max-trials {max_trials} is below --trials {args.trials}")
-  extra = {"images": args.images, "dataset": metas[0]["dataset"], "seed": args.seed}
+  extra = campaign_extra(entries, images=args.images, seed=args.seed)  # what proact report needs
   result = campaign.run_campaign(
       jax.random.PRNGKey(args.seed), variants, eval_set, bers, max_trials, fmt=fmt, space=space,
       results_path=out, ci_target=args.ci_target, min_trials=args.trials,

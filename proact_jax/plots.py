@@ -1,0 +1,132 @@
+"""Figures from saved results: accuracy vs BER (Figs. 5/7) and activation histograms (Figs. 3/6).
+
+matplotlib only (no jax): figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas,
+without pyplot, so no global backend state is touched. Outputs are deterministic: PNG and PDF
+files are written without software/creation-date metadata, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+_METADATA = {"png": {"Software": None},
+             "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
+_COLORS = ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+           "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def save_figure(fig: Figure, paths: str | Sequence[str]) -> list[str]:
+  """Saves ``fig`` to each path (format from the extension) through a temporary file."""
+  paths = [paths] if isinstance(paths, str) else list(paths)
+  for path in paths:
+    ext = os.path.splitext(path)[1].lstrip(".").lower()
+    tmp = f"{path}.tmp.{ext}"
+    fig.savefig(tmp, format=ext, dpi=120, metadata=_METADATA.get(ext))
+    os.replace(tmp, path)
+  return paths
+
+
+def _rows(result_or_rows) -> list[dict]:
+  return (result_or_rows.summary_rows() if hasattr(result_or_rows, "summary_rows")
+          else list(result_or_rows))
+
+
+def plot_accuracy_vs_ber(result_or_rows, path: str | Sequence[str],
+                         title: str | None = None) -> list[str]:
+  """Top-1 accuracy (%) vs bit error rate, one line per variant with its 95 % CI band.
+
+  Args:
+    result_or_rows: a :class:`~proact_jax.results.CampaignResult`, its ``summary_rows()``
+      (dicts with ``variant, ber, mean, ci_low, ci_high``), or ``{panel title: either}`` for one
+      panel per model/dataset, side by side.
+    path: output file(s); the extension picks the format (``.png``, ``.pdf``).
+    title: figure title.
+
+  Returns:
+    The written paths. BER 0 cannot be shown on the log axis and is left out.
+  """
+  panels = (dict(result_or_rows) if isinstance(result_or_rows, Mapping)
+            else {"": result_or_rows})
+  panels = {t: _rows(r) for t, r in panels.items()}
+  variants = list(dict.fromkeys(r["variant"] for rows in panels.values() for r in rows))
+  fig = Figure(figsize=(5.0 * len(panels), 3.8), layout="constrained")
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  for ax, (panel, rows) in zip(axes, panels.items()):
+    for v in variants:
+      pts = sorted((r["ber"], r["mean"], r["ci_low"], r["ci_high"]) for r in rows
+                   if r["variant"] == v and r["ber"] > 0 and math.isfinite(r["mean"]))
+      if not pts:
+        continue
+      ber, mean, lo, hi = (np.asarray(c, np.float64) for c in zip(*pts))
+      color = _COLORS[variants.index(v) % len(_COLORS)]
+      ax.plot(ber, 100 * mean, marker="o", ms=3, lw=1.5, color=color, label=v)
+      ok = np.isfinite(lo) & np.isfinite(hi)
+      ax.fill_between(ber[ok], np.clip(100 * lo[ok], 0, 100), np.clip(100 * hi[ok], 0, 100),
+                      color=color, alpha=0.2, lw=0)
+    ax.set_xscale("log")
+    ax.set_xlabel("bit error rate")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    if panel:
+      ax.set_title(panel)
+    if ax.has_data():
+      ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title)
+  return save_figure(fig, path)
+
+
+def _fractions(h: Mapping[str, Any], which: str, side: str) -> np.ndarray:
+  counts = np.asarray(h[f"{which}_{side}"], np.float64)
+  n = h.get(f"n_{which}") or (sum(h[f"{which}_low"]) + sum(h[f"{which}_high"])) or 1
+  return counts / float(n)
+
+
+def plot_histograms(hists: Mapping[str, Mapping[str, Any]], path: str | Sequence[str],
+                    sites: Sequence[str] | None = None, title: str | None = None) -> list[str]:
+  """Fault-free vs faulty activation distributions per site, split at 1 (two panels per site).
+
+  Args:
+    hists: ``{site: counts}`` as written by :func:`proact_jax.activation_stats.histogram_counts`
+      (``edges_low, clean_low, faulty_low, edges_high, clean_high, faulty_high, n_clean,
+      n_faulty, n_nonfinite``).
+    path: output file(s).
+    sites: the sites to draw, in order (default: all, in the mapping's order).
+    title: figure title.
+
+  Returns:
+    The written paths. Bars are fractions of each model's sampled values, on a log scale.
+  """
+  sites = [s for s in (sites or list(hists)) if s in hists]
+  if not sites:
+    raise ValueError("no activation sites to plot")
+  fig = Figure(figsize=(9.0, 2.2 * len(sites) + 0.6), layout="constrained")
+  axes = fig.subplots(len(sites), 2, squeeze=False)
+  for (ax_lo, ax_hi), site in zip(axes, sites):
+    h = hists[site]
+    for which, color, label in (("clean", "tab:blue", "fault-free"),
+                                ("faulty", "tab:red", "faulty")):
+      ax_lo.stairs(_fractions(h, which, "low"), h["edges_low"], color=color, label=label)
+      if h["edges_high"]:
+        ax_hi.stairs(_fractions(h, which, "high"), h["edges_high"], color=color, label=label)
+    ax_lo.set_yscale("log", nonpositive="mask")
+    ax_lo.set_title(f"{site}: values in [0, 1]", fontsize=9)
+    ax_lo.legend(fontsize=7)
+    note = f", {h['n_nonfinite']} non-finite" if h.get("n_nonfinite") else ""
+    ax_hi.set_title(f"{site}: values > 1{note}", fontsize=9)
+    if h["edges_high"]:
+      ax_hi.set_xscale("log")
+      ax_hi.set_yscale("log", nonpositive="mask")
+    else:
+      ax_hi.text(0.5, 0.5, "no values > 1", ha="center", va="center", transform=ax_hi.transAxes)
+    ax_lo.set_ylabel("fraction")
+  axes[-1][0].set_xlabel("activation value")
+  axes[-1][1].set_xlabel("activation value (log)")
+  if title:
+    fig.suptitle(title)
+  return save_figure(fig, path)
