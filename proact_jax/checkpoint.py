@@ -31,6 +31,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
   with os.fdopen(fd, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
     f.write("\n")
+  os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
   os.replace(tmp, path)
 
 

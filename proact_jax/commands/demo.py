@@ -58,7 +58,8 @@ def demo(out: str, bers, trials: int, seed: int = 0, progress: bool = True) -> d
   from proact_jax.campaign import run_campaign
   from proact_jax.checkpoint import load_checkpoint
   from proact_jax.evaluate import evaluate
-  from proact_jax.report import model_info, variant_info, write_report
+  from proact_jax.activation_stats import campaign_extra
+  from proact_jax.report import write_report
   from proact_jax.train import TrainConfig, train_and_evaluate
   from proact_jax.workflow import checkpoint_data
 
@@ -105,8 +106,7 @@ def demo(out: str, bers, trials: int, seed: int = 0, progress: bool = True) -> d
 
   say(f"[3/4] paired fault campaign: {len(variants)} variants x {len(bers)} BERs x {trials} "
       f"trials on {test.n} test images (Q15.16)")
-  extra = {**model_info(meta), "variants": {n: variant_info(m, v, mt)
-                                            for n, (m, v, mt) in variants.items()}}
+  extra = campaign_extra(variants, images=test.n, seed=seed)
   results = os.path.join(out, "campaign.jsonl")
   result = run_campaign(jax.random.PRNGKey(seed), {n: (m, v) for n, (m, v, _) in variants.items()},
                         test, bers, trials, results_path=results, config_extra=extra,
