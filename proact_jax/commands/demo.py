@@ -124,7 +124,7 @@ def _demo_table(variants, result, bers) -> str:
   """Method | clean accuracy | memory overhead | accuracy at each BER (mean +- CI half-width)."""
   from proact_jax.thresholds import memory_overhead
   rows = {(r["variant"], r["ber"]): r for r in result.summary_rows()}
-  head = ["method", "clean acc %", "mem. overhead %"] + [f"BER {b:g}" for b in bers]
+  head = ["method", "clean acc %", "mem. overhead %"] + [f"BER {b:.0e}".replace("e-0", "e-") for b in bers]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, (_, v, meta) in variants.items():
     cells = [name, f"{100 * meta['accuracy']:.2f}", f"{100 * memory_overhead(v):.4f}"]
