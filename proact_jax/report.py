@@ -295,6 +295,23 @@ TABLE4 = _GROUP + (
     ("95% CI", lambda r: _ci(r["diff_ci_low"], r["diff_ci_high"])))
 
 
+def table4b_rows(groups: Sequence[Group], bers: Sequence[float] | None = None) -> list[dict]:
+  """Table IV-b: paired differences between every two protected variants at each BER."""
+  rows = []
+  for g in (g for g in groups if g.campaign is not None):
+    for r in g.campaign.pairwise_rows():
+      if bers is None or any(math.isclose(r["ber"], b, rel_tol=1e-9) for b in bers):
+        rows.append({"model": g.model, "dataset": g.dataset, **r})
+  return rows
+
+
+TABLE4B = _GROUP + (
+    _col("ber", "BER", _ber), ("comparison", lambda r: f"{r['a']} - {r['b']}"),
+    _col("n", "trials"), _col("diff_mean", "paired diff (pp)", _pct),
+    ("95% CI", lambda r: _ci(r["diff_ci_low"], r["diff_ci_high"])),
+    ("CI excludes 0", lambda r: "yes" if r["decided"] else "no"))
+
+
 def table5(groups: Sequence[Group]) -> tuple[list[dict], str]:
   """Table V: CSV rows (every site) and markdown (last site; rows layers, columns variants)."""
   rows, md = [], []
@@ -359,7 +376,9 @@ def write_report(paths: Sequence[str], out_dir: str, bers: Sequence[float] | Non
         ("table3_memory", "Table III: memory overhead", table3_rows(groups), TABLE3),
         ("table4_faults", "Table IV: accuracy drop under faults (reference: " + ", ".join(
             f"{g.campaign.reference} for {g.name}" for g in campaigns) + ")",
-         table4_rows(groups, bers), TABLE4))] + tables
+         table4_rows(groups, bers), TABLE4),
+        ("table4b_pairwise", "Table IV-b: paired differences between protected variants",
+         table4b_rows(groups, bers), TABLE4B))] + tables
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:

@@ -205,12 +205,34 @@ class CampaignResult:
                "clean_accuracy": self.clean.get(v, {}).get("accuracy", math.nan),
                "diff_mean": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan}
         if v != self.reference:
-          r = self.trials[self.reference][i]
-          common, ia, ib = np.intersect1d(t["trial"], r["trial"], return_indices=True)
-          if len(common) > 1:
-            d = stats.paired_difference(t["accuracy"][ia], r["accuracy"][ib], self.confidence)
+          d = self.paired(v, self.reference, i)
+          if d is not None:
             row.update(diff_mean=d["mean"], diff_ci_low=d["ci_low"], diff_ci_high=d["ci_high"])
         rows.append(row)
+    return rows
+
+  def paired(self, a: str, b: str, ber_index: int) -> dict | None:
+    """Paired difference a - b of accuracies over the trials both ran (same fault draws on the
+    weights they share), or None with fewer than two common trials."""
+    ta, tb = self.trials[a][ber_index], self.trials[b][ber_index]
+    common, ia, ib = np.intersect1d(ta["trial"], tb["trial"], return_indices=True)
+    if len(common) < 2:
+      return None
+    return stats.paired_difference(ta["accuracy"][ia], tb["accuracy"][ib], self.confidence)
+
+  def pairwise_rows(self, exclude: tuple = ("relu",)) -> list[dict]:
+    """Every pair (a, b) of variants (a after b in variant order, ``exclude`` left out) at each
+    BER: the paired difference a - b with its CI and whether the CI excludes 0."""
+    names = [v for v in self.variants if v not in exclude]
+    rows = []
+    for i, ber in enumerate(self.bers):
+      for j, a in enumerate(names):
+        for b in names[:j]:
+          d = self.paired(a, b, i)
+          if d is not None:
+            rows.append({"ber": ber, "a": a, "b": b, "n": d["n"], "diff_mean": d["mean"],
+                         "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"],
+                         "decided": bool(d["ci_low"] > 0 or d["ci_high"] < 0)})
     return rows
 
   def format_table(self) -> str:
