@@ -42,6 +42,16 @@ METHODS = {
 }
 
 
+def _training_time(workdir: str) -> float:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0.0
+  rows = [json.loads(l) for l in open(path) if l.strip()]
+  if all("epoch_time" in r for r in rows):
+    return sum(r["epoch_time"] for r in rows)
+  return rows[-1]["wall_time"] if rows else 0.0  # one uninterrupted session
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--data-dir", required=True)
@@ -62,7 +72,10 @@ def main():
     print(f"== {name}: {' '.join(argv)}", flush=True)
     t = time.time()
     subprocess.run(proact + argv, check=True)
-    stages[name] = {"command": "proact " + " ".join(argv), "wall_time_s": round(time.time() - t)}
+    wall = time.time() - t
+    if name == "train":  # training may have run in several resumed sessions: sum its epochs
+      wall = max(wall, _training_time(os.path.join(os.path.dirname(done_marker), "..")))
+    stages[name] = {"command": "proact " + " ".join(argv), "wall_time_s": round(wall)}
     with open(stages_path, "w") as f:
       json.dump(stages, f, indent=2)
 

@@ -176,6 +176,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str, progress: bool = True,
         print(f"resuming from epoch {start_epoch} of {config.epochs} in {workdir}")
     t0 = time.time()
     for epoch in range(start_epoch, config.epochs):
+      t_epoch = time.time()
       if stop_after is not None and epoch - start_epoch >= stop_after:
         return None
       bar = tqdm(pipeline.iterate_batches(x_tr, y_tr, config.batch_size, seed=config.seed * 1000
@@ -194,7 +195,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, progress: bool = True,
       val_acc, val_loss = evaluate(model, _variables(state), val_set)
       row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
              "train_accuracy": float(np.mean(accs)), "val_accuracy": val_acc,
-             "val_loss": val_loss, "wall_time": time.time() - t0}
+             "val_loss": val_loss, "wall_time": time.time() - t0,
+             "epoch_time": time.time() - t_epoch}
       if val_acc >= best["val_accuracy"]:
         best = {"val_accuracy": val_acc, "epoch": float(epoch)}
         ckpt.save_checkpoint(os.path.join(workdir, "best"), _variables(state),
