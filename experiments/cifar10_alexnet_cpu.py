@@ -13,8 +13,8 @@ experiments/paper_scale.py):
   ft-clipact  500 scoring images, 3 trials, at most 3 rounds (paper/toolbox: 1,000, 5, 4)
   fitact      2 epochs on 5,000 distillation images (toolbox: full train set, more epochs)
   proact      last site 4 epochs, layer sites 2 epochs each, 5,000 distillation images,
-              1,000 guard images, budget 0.2 points (paper: 50 / 20 epochs, full train set)
-  campaign    6 paper BERs, 40 trials per BER, 1,000 test images per trial, paired over the
+              2,000 guard images, budget 0.2 points (paper: 50 / 20 epochs, full train set)
+  campaign    6 paper BERs, 30 trials per BER, 1,000 test images per trial, paired over the
               5 variants (paper: 500 trials on 10,000 images, unpaired)
   table V     per-layer faults at BER 1e-4, 5 trials, 256 images
 Each stage's command and wall time is written to RESULTS/stages.json, versions to
@@ -34,11 +34,12 @@ import time
 PAPER_BERS = "1e-7,3e-7,1e-6,3e-6,1e-5,3e-5"
 METHODS = {
     "ranger": ["--method", "ranger", "--granularity", "layer"],
-    "ft-clipact": ["--method", "ft-clipact", "--fi-images", "500", "--fi-trials", "3"],
+    "ft-clipact": ["--method", "ft-clipact", "--fi-images", "500", "--fi-trials", "3",
+                   "--fi-max-rounds", "3"],
     "fitact": ["--method", "fitact", "--epochs", "2", "--train-images", "5000",
-               "--val-images", "1000"],
+               "--val-images", "2000"],
     "proact": ["--method", "proact", "--last-epochs", "4", "--epochs", "2",
-               "--train-images", "5000", "--val-images", "1000", "--budget", "0.2"],
+               "--train-images", "5000", "--val-images", "2000", "--budget", "0.2"],
 }
 
 
@@ -57,7 +58,7 @@ def main():
   ap.add_argument("--data-dir", required=True)
   ap.add_argument("--work", default="runs/cifar10_alexnet")
   ap.add_argument("--results", default="results/cifar10_alexnet_cpu")
-  ap.add_argument("--trials", type=int, default=40)
+  ap.add_argument("--trials", type=int, default=30)
   ap.add_argument("--images", type=int, default=1000)
   a = ap.parse_args()
   os.makedirs(a.results, exist_ok=True)

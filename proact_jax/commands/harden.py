@@ -25,6 +25,7 @@ def add_arguments(p):
   p.add_argument("--test-images", type=int, default=0, help="images for the reported accuracy")
   p.add_argument("--fi-images", type=int, default=1000, help="ft-clipact: campaign images")
   p.add_argument("--fi-trials", type=int, default=5, help="ft-clipact: trials per BER")
+  p.add_argument("--fi-max-rounds", type=int, default=4, help="ft-clipact: search rounds (>= 3)")
   p.add_argument("--data-dir", default=None, help="override the checkpoint's data location")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", required=True, help="output checkpoint directory")
@@ -80,7 +81,9 @@ def run(args) -> int:
     h = methods.proact(model, variables, data.x_profile, data.x_train, data.y_train, data.val,
                        cfg, **common)
   else:
-    cfg = methods.FTClipActConfig(images=args.fi_images, trials=args.fi_trials, seed=args.seed)
+    cfg = methods.FTClipActConfig(images=args.fi_images, trials=args.fi_trials, seed=args.seed,
+                                  max_rounds=args.fi_max_rounds,
+                                  min_rounds=min(3, args.fi_max_rounds))
     h = methods.ft_clipact(model, variables, data.x_profile, data.x_train, data.y_train,
                            data.val, cfg, **common)
   test_acc = evaluate(h.model, h.variables, data.x_test, data.y_test)[0]
