@@ -17,6 +17,8 @@ def add_arguments(p):
                  help="fitact: epochs; proact: epochs per layer-wise site (paper 20)")
   p.add_argument("--last-epochs", type=int, default=None,
                  help="proact: epochs of the neuron-wise last site (paper 50)")
+  p.add_argument("--lr", type=float, default=None,
+                 help="fitact/proact: Adam learning rate (defaults: fitact 1e-3, proact 0.01)")
   p.add_argument("--budget", type=float, default=0.2,
                  help="proact: clean-accuracy budget in percentage points (default 0.2)")
   p.add_argument("--profile-images", type=int, default=3000)
@@ -46,6 +48,8 @@ def run(args) -> int:
   methods.check_granularity(args.method, granularity)
   if args.budget < 0:
     raise ValueError(f"--budget must be >= 0 percentage points, got {args.budget}")
+  if args.lr is not None and not args.lr > 0:
+    raise ValueError(f"--lr must be > 0, got {args.lr}")
   for name in ("epochs", "last_epochs"):
     v = getattr(args, name)
     if v is not None and v < 1:
@@ -66,8 +70,10 @@ def run(args) -> int:
   if args.method == "ranger":
     h = methods.ranger(model, variables, data.x_profile, data.val, granularity)
   elif args.method == "fitact":
-    cfg = methods.FitActConfig(granularity=granularity, seed=args.seed,
-                               **({"epochs": args.epochs} if args.epochs else {}))
+    kw = {"epochs": args.epochs} if args.epochs else {}
+    if args.lr:
+      kw["learning_rate"] = args.lr
+    cfg = methods.FitActConfig(granularity=granularity, seed=args.seed, **kw)
     h = methods.fitact(model, variables, data.x_profile, data.x_train, data.y_train, data.val,
                        cfg, **common)
   elif args.method == "proact":
@@ -76,6 +82,8 @@ def run(args) -> int:
       kw["layer_epochs"] = args.epochs
     if args.last_epochs:
       kw["last_epochs"] = args.last_epochs
+    if args.lr:
+      kw["learning_rate"] = args.lr
     cfg = methods.ProActConfig(granularity=granularity, budget=args.budget / 100,
                                seed=args.seed, **kw)
     h = methods.proact(model, variables, data.x_profile, data.x_train, data.y_train, data.val,
