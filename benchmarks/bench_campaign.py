@@ -1,10 +1,12 @@
 """Campaign cost ratios, measured in one run (by hand; not a test).
 
-  python benchmarks/bench_campaign.py [--images 512] [--trials 3] \
-      [--checkpoint /tmp/x/base/model]   # a trained digits small_cnn for (d)
+  python benchmarks/bench_campaign.py [--images 512] [--trials 3] [--bers 1e-7,1e-4] \
+      [--skip-vmap] [--checkpoint /tmp/x/base/model]   # a trained digits small_cnn for (d)
 
 (a) campaign time / (clean forward time of the same images x trials), AlexNet, BER 1e-7..1e-4;
-(b) lax.map vs vmap trial batching; (c) corrupting one copy vs one forward batch of 256;
+(b) lax.map vs vmap trial batching; (c) corrupting one copy (pre-quantised path as the campaign
+uses it, and the re-encoding path of ``flip_bits`` on unquantised variables) vs one forward batch
+of 256;
 (d) image evaluations our sequential campaign needs for "mean accuracy at 6 BERs with 95% CI
 half-width <= 0.5 points" vs the paper's 500 trials x 10,000 images x 6 BERs.
 """
@@ -35,16 +37,15 @@ def _time(f, repeat=3):
   return float(np.median(ts))
 
 
-def bench_alexnet(n_images: int, trials: int, vmap_trials: int):
+def bench_alexnet(n_images: int, trials: int, vmap_trials: int, bers: list[float]):
   model = pj.create_model("alexnet", 10)
   v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (n_images, 32, 32, 3)))
   y = np.zeros(n_images, np.int32)
   data = make_eval_set(x, y, 256)
-  clean = faults.quantize_variables(v)
-  fwd = _time(lambda: jax.block_until_ready(_evaluate_jit(eval_apply(model), clean, data)))
+  clean = faults.quantize_with_aux(v)  # (quantised tree, aux), as the campaign passes it
+  fwd = _time(lambda: jax.block_until_ready(_evaluate_jit(eval_apply(model), clean[0], data)))
   print(f"AlexNet, {n_images} images: clean forward {fwd:.3f} s")
-  bers = [1e-7, 1e-6, 1e-5, 1e-4]
   plan = campaign.make_plan(v, "q15.16", None, max(bers))
   key = jax.random.PRNGKey(2)
   t0 = time.perf_counter()
@@ -57,17 +58,21 @@ def bench_alexnet(n_images: int, trials: int, vmap_trials: int):
     ratios[ber] = t / (fwd * trials)
     print(f"(a) BER {ber:.0e}: {t:.2f} s for {trials} trials; ratio {ratios[ber]:.3f}")
   small = make_eval_set(x[:256], y[:256], 256)
-  tm = _time(lambda: campaign._run_trials(model, plan, clean, small, key, 2, 1e-5,
-                                          range(vmap_trials), "map", None), repeat=1)
-  tv = _time(lambda: campaign._run_trials(model, plan, clean, small, key, 2, 1e-5,
-                                          range(vmap_trials), "vmap", None), repeat=1)
-  print(f"(b) {vmap_trials} trials x 256 images: map {tm:.2f} s, vmap {tv:.2f} s, "
-        f"vmap/map {tv / tm:.2f}")
-  corrupt = jax.jit(lambda k, c: campaign.corrupt(k, c, jnp.float32(1e-5), plan))
+  if vmap_trials:
+    tm = _time(lambda: campaign._run_trials(model, plan, clean, small, key, 2, 1e-5,
+                                            range(vmap_trials), "map", None), repeat=1)
+    tv = _time(lambda: campaign._run_trials(model, plan, clean, small, key, 2, 1e-5,
+                                            range(vmap_trials), "vmap", None), repeat=1)
+    print(f"(b) {vmap_trials} trials x 256 images: map {tm:.2f} s, vmap {tv:.2f} s, "
+          f"vmap/map {tv / tm:.2f}")
+  corrupt = jax.jit(lambda k, c: campaign.corrupt(k, c[0], jnp.float32(1e-5), plan,
+                                                  prequantized=True, aux=c[1]))
   tc = _time(lambda: jax.block_until_ready(corrupt(key, clean)))
-  f256 = _time(lambda: jax.block_until_ready(_evaluate_jit(eval_apply(model), clean, small)))
-  print(f"(c) corrupt one copy {1e3 * tc:.1f} ms, forward of 256 images {1e3 * f256:.1f} ms, "
-        f"ratio {tc / f256:.3f}")
+  slow = jax.jit(lambda k, v: campaign.corrupt(k, v, jnp.float32(1e-5), plan))
+  ts = _time(lambda: jax.block_until_ready(slow(key, v)))
+  f256 = _time(lambda: jax.block_until_ready(_evaluate_jit(eval_apply(model), clean[0], small)))
+  print(f"(c) corrupt one copy {1e3 * tc:.1f} ms (re-encoding path {1e3 * ts:.1f} ms), forward "
+        f"of 256 images {1e3 * f256:.1f} ms, ratio {tc / f256:.3f} ({ts / f256:.3f})")
   return ratios
 
 
@@ -108,12 +113,15 @@ def main():
   p.add_argument("--images", type=int, default=512)
   p.add_argument("--trials", type=int, default=3)
   p.add_argument("--vmap-trials", type=int, default=2)
+  p.add_argument("--skip-vmap", action="store_true", help="skip (b)")
+  p.add_argument("--bers", default="1e-7,1e-6,1e-5,1e-4", help="comma-separated, for (a)")
   p.add_argument("--checkpoint", default=None, help="trained digits small_cnn for (d)")
   p.add_argument("--max-trials", type=int, default=500)
   p.add_argument("--target", type=float, default=0.5)
   args = p.parse_args()
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s)")
-  bench_alexnet(args.images, args.trials, args.vmap_trials)
+  bench_alexnet(args.images, args.trials, 0 if args.skip_vmap else args.vmap_trials,
+                [float(b) for b in args.bers.split(",")])
   if args.checkpoint:
     bench_budget(args.checkpoint, args.max_trials, args.target)
 

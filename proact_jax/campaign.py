@@ -9,7 +9,8 @@ and the thresholds with ``fold_in(trial_key, 1)``, in two ``flip_bits`` calls: v
 share a baseline's params but differ in thresholds (relu, Ranger, FT-ClipAct, FitAct, ProAct)
 receive identical weight faults in trial ``t``, so their accuracies can be compared paired.
 
-The clean tree is quantised once; ``flip_bits`` on it re-quantises idempotently. The BER is a
+The clean tree is quantised once (``faults.quantize_with_aux``: it keeps the clean int8 scales);
+trials inject into it with ``prequantized=True``, encoding only the hit values. The BER is a
 traced argument with a static flip cap (``faults.default_cap`` at the largest BER), so one
 compilation serves every BER. Note the candidate draws depend on the cap, hence on the largest
 BER of the campaign: the BER list is part of a campaign's configuration.
@@ -103,19 +104,21 @@ def make_plan(variables, fmt: str | NumberFormat = DEFAULT_FORMAT,
                    faults.default_cap(bt, max_ber) if bt else 0, bw, bt)
 
 
-def corrupt(key: chex.PRNGKey, variables, ber: Any, plan: FaultPlan):
+def corrupt(key: chex.PRNGKey, variables, ber: Any, plan: FaultPlan, *,
+            prequantized: bool = False, aux: dict | None = None):
   """One trial's corruption: ``(variables, n_flips_weights, n_flips_thresholds)``.
 
   Weights use ``fold_in(key, 0)``, thresholds ``fold_in(key, 1)``; ``ber`` may be traced.
+  ``prequantized``, ``aux``: ``variables, aux = faults.quantize_with_aux(v, plan.fmt, space)``
+  (see ``faults.flip_bits``; the same result as ``corrupt`` on ``v``, faster).
   """
-  zero = jnp.int32(0)
-  nw = nt = zero
-  if plan.weights is not None:
-    variables, nw = faults.flip_bits(jax.random.fold_in(key, 0), variables, ber, plan.fmt,
-                                     plan.weights, max_flips=plan.cap_weights)
-  if plan.thresholds is not None:
-    variables, nt = faults.flip_bits(jax.random.fold_in(key, 1), variables, ber, plan.fmt,
-                                     plan.thresholds, max_flips=plan.cap_thresholds)
+  nw = nt = jnp.int32(0)
+  for i, (sub, cap) in enumerate(((plan.weights, plan.cap_weights),
+                                  (plan.thresholds, plan.cap_thresholds))):
+    if sub is not None:
+      variables, n = faults.flip_bits(jax.random.fold_in(key, i), variables, ber, plan.fmt, sub,
+                                      max_flips=cap, prequantized=prequantized, aux=aux)
+      nw, nt = (n, nt) if i == 0 else (nw, n)
   return variables, nw, nt
 
 
@@ -135,14 +138,16 @@ def _batched(one: Callable, idx: jax.Array, mode: str, trial_batch: int | None):
 
 @functools.lru_cache(maxsize=64)
 def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: int):
-  """jit(f)(clean, data, key, ber_index, ber, idx) -> (acc, loss, n_w, n_t), each [len(idx)]."""
+  """jit(f)((clean, aux), data, key, ber_index, ber, idx) -> (acc, loss, n_w, n_t), each
+  [len(idx)]; ``(clean, aux) = faults.quantize_with_aux(...)``."""
   apply_fn = eval_apply(model)
 
   def local(clean, data, key, ber_index, ber, idx):
     bkey = jax.random.fold_in(key, ber_index)
 
     def one(t):
-      v, nw, nt = corrupt(jax.random.fold_in(bkey, t), clean, ber, plan)
+      v, nw, nt = corrupt(jax.random.fold_in(bkey, t), clean[0], ber, plan, prequantized=True,
+                          aux=clean[1])
       acc, loss = accuracy_and_loss(apply_fn, v, data)
       return acc, loss, nw, nt
 
@@ -159,7 +164,10 @@ def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: i
 def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: float,
                 trials: Sequence[int], mode: str, trial_batch: int | None,
                 size: int | None = None) -> tuple[np.ndarray, ...]:
-  """Runs the given trial indices (padded to ``size`` and to a multiple of the device count)."""
+  """Runs the given trial indices (padded to ``size`` and to a multiple of the device count).
+
+  ``clean``: ``faults.quantize_with_aux(variables, plan.fmt, space)``.
+  """
   n_dev = jax.device_count()
   trials = np.asarray(trials, np.int32)
   size = max(size or len(trials), len(trials))
@@ -206,7 +214,7 @@ def accuracy_under_faults(key: chex.PRNGKey, model, variables, eval_set: EvalSet
     raise ValueError(f"trials must be >= 1, got {trials}")
   mode = _resolve_mode(mode)
   plan = make_plan(variables, fmt, space, max(bers))
-  clean = faults.quantize_variables(variables, plan.fmt, space or faults.FaultSpace())
+  clean = faults.quantize_with_aux(variables, plan.fmt, space or faults.FaultSpace())
   out = np.zeros((len(bers), int(trials)))
   for i, ber in enumerate(bers):
     out[i] = _run_trials(model, plan, clean, eval_set, key, i, ber, range(int(trials)), mode,
@@ -298,10 +306,10 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
          "max_trials": max_trials, "chunk": chunk, "mode": mode, "trial_batch": trial_batch,
          "devices": jax.device_count(), "reference": reference}
   store = ResultsStore(results_path, config, run, write=jax.process_index() == 0)
-  clean = {n: faults.quantize_variables(v, fmt, space) for n, (_, v) in variants.items()}
+  clean = {n: faults.quantize_with_aux(v, fmt, space) for n, (_, v) in variants.items()}
   for n, (m, _) in variants.items():
     if n not in store.clean:
-      store.add_clean(n, *evaluate(m, clean[n], eval_set))
+      store.add_clean(n, *evaluate(m, clean[n][0], eval_set))
 
   if sequential:
     first = -(-min_trials // chunk) * chunk
@@ -371,9 +379,8 @@ def _activation_setup(model, variables, x, ber, fmt, space, layer):
   if layer is not None:
     space = dataclasses.replace(space, layer=layer)
   plan = make_plan(variables, fmt, space, float(ber))
-  clean = faults.quantize_variables(variables, plan.fmt, space)
-  x = jnp.asarray(x, jnp.float32)
-  return plan, clean, x
+  clean, aux = faults.quantize_with_aux(variables, plan.fmt, space)
+  return plan, clean, aux, jnp.asarray(x, jnp.float32)
 
 
 def activation_distance(key: chex.PRNGKey, model, variables, x, ber: float, *,
@@ -387,20 +394,20 @@ def activation_distance(key: chex.PRNGKey, model, variables, x, ber: float, *,
   index 0 of a campaign with key ``key`` and this single BER. Non-finite differences (float
   formats) propagate as inf/nan. ``x``: a modest batch of images (one forward pass each).
   """
-  plan, clean, x = _activation_setup(model, variables, x, ber, fmt, space, layer)
+  plan, clean, aux, x = _activation_setup(model, variables, x, ber, fmt, space, layer)
   ref = _capture(model, clean, x)
   bkey = jax.random.fold_in(key, 0)
 
   @jax.jit
-  def run(clean, ref, x, ber):
+  def run(clean, aux, ref, x, ber):
     def one(t):
-      v, _, _ = corrupt(jax.random.fold_in(bkey, t), clean, ber, plan)
+      v, _, _ = corrupt(jax.random.fold_in(bkey, t), clean, ber, plan, prequantized=True, aux=aux)
       acts = _capture(model, v, x)
       return {s: jnp.mean(jnp.sum(jnp.square(acts[s] - ref[s]).reshape(x.shape[0], -1), -1))
               for s in ref}
     return jax.lax.map(one, jnp.arange(int(trials)))
 
-  out = run(clean, ref, x, jnp.float32(ber))
+  out = run(clean, aux, ref, x, jnp.float32(ber))
   return {s: float(np.mean(np.asarray(out[s]))) for s in ref}
 
 
@@ -413,7 +420,7 @@ def activation_samples(key: chex.PRNGKey, model, variables, x, ber: float, *,
   Returns ``{site: {"clean": [s], "faulty": [trials * s]}}`` (numpy), the same ``s <=
   max_samples`` randomly chosen activation elements of every trial (seeded by ``key``).
   """
-  plan, clean, x = _activation_setup(model, variables, x, ber, fmt, space, layer)
+  plan, clean, aux, x = _activation_setup(model, variables, x, ber, fmt, space, layer)
   ref = _capture(model, clean, x)
   picks = {}
   rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
@@ -422,13 +429,13 @@ def activation_samples(key: chex.PRNGKey, model, variables, x, ber: float, *,
   bkey = jax.random.fold_in(key, 0)
 
   @jax.jit
-  def run(clean, x, ber):
+  def run(clean, aux, x, ber):
     def one(t):
-      v, _, _ = corrupt(jax.random.fold_in(bkey, t), clean, ber, plan)
+      v, _, _ = corrupt(jax.random.fold_in(bkey, t), clean, ber, plan, prequantized=True, aux=aux)
       acts = _capture(model, v, x)
       return {s: acts[s].reshape(-1)[picks[s]] for s in ref}
     return jax.lax.map(one, jnp.arange(int(trials)))
 
-  out = run(clean, x, jnp.float32(ber))
+  out = run(clean, aux, x, jnp.float32(ber))
   return {s: {"clean": np.asarray(ref[s]).reshape(-1)[picks[s]],
               "faulty": np.asarray(out[s]).reshape(-1)} for s in ref}

@@ -17,7 +17,9 @@ unflipped positions instead when ``K > n_bits / 2``). Every step is invariant un
 the positions, so the chosen set is a uniform ``K``-subset on both paths; nothing is truncated.
 Flips are applied by gathering the hit values' bit patterns, XOR-ing the combined mask of each
 value and scattering back; every other value in the fault space's collections is the quantised
-clean value ``fmt.quantize(w)``, bit for bit.
+clean value ``fmt.quantize(w)``, bit for bit. With ``prequantized=True`` the injectors take that
+clean tree (:func:`quantize_with_aux`) as it is and encode only the hit values: O(cap) work plus
+the scatter's copy per leaf instead of re-encoding every value in every trial.
 
 Under ``vmap`` (not ``lax.map``) the ``cond`` becomes a select and the dense path's O(n_values)
 set-up runs for every trial (its loop still runs only for trials that need it).
@@ -36,7 +38,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
-from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, get_format
+from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, _to_twos, get_format
 
 _CHUNK = 1 << 16  # binomial draws per chunk: float32 stays accurate inside BTRS
 _DENSE_BATCH = 1 << 13  # candidates per round of the exact dense path
@@ -255,61 +257,117 @@ def sample_flip_masks(key: chex.PRNGKey, n_values: int, k: Any, *, bit_lo: int =
                  sparse_fn, lambda masks: masks)
 
 
-def _inject(key, leaves: list, k, cap: int, fmt: NumberFormat, lo: int, hi: int, op: str):
-  """Quantised copies of ``leaves`` with ``op`` applied at ``k`` distinct positions."""
+def _encode_with(fmt: NumberFormat, x: jax.Array, aux: jax.Array) -> jax.Array:
+  """``fmt.encode(x)[0]`` with a given aux (the int8 scale of the clean tensor)."""
+  if fmt.kind != "int8":
+    return fmt.encode(x)[0]
+  x = jnp.asarray(x, jnp.float32)
+  return _to_twos(jnp.clip(jnp.round(x / jnp.asarray(aux, jnp.float32)), -128, 127), 8)
+
+
+def _inject(key, leaves: list, k, cap: int, fmt: NumberFormat, lo: int, hi: int, op: str,
+            auxes: list | None = None):
+  """Quantised copies of ``leaves`` with ``op`` applied at ``k`` distinct positions.
+
+  ``auxes`` (one per leaf): the leaves are already quantised with that aux; untouched values are
+  kept as they are and only the gathered hit values are encoded, changed and decoded.
+  """
   sizes = [int(x.size) for x in leaves]
   offsets = np.cumsum([0] + sizes).tolist()
   n_values = offsets[-1]
   if n_values * (hi - lo) >= 2 ** 31:
     raise ValueError(f"fault space of {n_values * (hi - lo)} bits exceeds 2^31 - 1")
-  encoded = [fmt.encode(x) for x in leaves]
+  pre = auxes is not None
+  encoded = None if pre else [fmt.encode(x) for x in leaves]
   apply = _OPS[op]
 
   def sparse_fn(sv, combined):
     new = []
-    for (bits, aux), x, off, size in zip(encoded, leaves, offsets, sizes):
+    for i, (x, off, size) in enumerate(zip(leaves, offsets, sizes)):
       hit = (sv >= off) & (sv < off + size) & (combined != 0)
       local = jnp.where(hit, sv - off, size)
-      gathered = bits.reshape(-1)[jnp.minimum(local, size - 1)]
+      safe = jnp.minimum(local, size - 1)
+      if pre:
+        aux, base = auxes[i], x.reshape(-1)
+        gathered = _encode_with(fmt, base[safe], aux)
+      else:
+        bits, aux = encoded[i]
+        gathered = bits.reshape(-1)[safe]
+        base = fmt.decode(bits, aux).astype(x.dtype).reshape(-1)
       values = fmt.decode(apply(gathered, combined), aux).astype(x.dtype)
-      base = fmt.decode(bits, aux).astype(x.dtype).reshape(-1)
       new.append(base.at[local].set(values, mode="drop").reshape(x.shape))
     return new
 
   def dense_fn(masks):
-    return [fmt.decode(apply(bits, masks[off:off + size].reshape(x.shape)), aux).astype(x.dtype)
-            for (bits, aux), x, off, size in zip(encoded, leaves, offsets, sizes)]
+    out = []
+    for i, (x, off, size) in enumerate(zip(leaves, offsets, sizes)):
+      bits, aux = (_encode_with(fmt, x, auxes[i]), auxes[i]) if pre else encoded[i]
+      out.append(fmt.decode(apply(bits, masks[off:off + size].reshape(x.shape)),
+                            aux).astype(x.dtype))
+    return out
 
   return _choose(key, k, n_values, lo, hi, cap, sparse_fn, dense_fn)
 
 
-def _quantized(flat: dict, fmt: NumberFormat, space: FaultSpace) -> dict:
-  return {p: (fmt.quantize(x).astype(x.dtype)
-              if p[0] in space.collections and _is_float(x) else x) for p, x in flat.items()}
+def _quantized(flat: dict, fmt: NumberFormat, space: FaultSpace, aux: dict | None = None) -> dict:
+  out = dict(flat)
+  for p, x in flat.items():
+    if p[0] in space.collections and _is_float(x):
+      bits, a = fmt.encode(x)
+      out[p] = fmt.decode(bits, a).astype(x.dtype)
+      if aux is not None:
+        aux["/".join(p)] = a
+  return out
 
 
 def quantize_variables(variables: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
                        space: FaultSpace = FaultSpace()) -> Any:
   """The clean reference: every floating leaf of ``space.collections`` quantised in ``fmt``
   (other collections unchanged). Untouched values of every injector equal these bit for bit."""
-  fmt = get_format(fmt)
-  return traverse_util.unflatten_dict(_quantized(_flat(variables), fmt, space))
+  return quantize_with_aux(variables, fmt, space)[0]
 
 
-def _corrupt(key, variables, k, cap: int, fmt: NumberFormat, space: FaultSpace, op: str):
-  """Quantises the space's collections and applies ``op`` at ``k`` distinct positions."""
+def quantize_with_aux(variables: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
+                      space: FaultSpace = FaultSpace()) -> tuple[Any, dict[str, jax.Array]]:
+  """``(quantize_variables(...), aux)`` for the injectors' ``prequantized`` path.
+
+  ``aux`` maps each quantised leaf's path (``"params/Conv_0/kernel"``) to its float32 aux: the
+  int8 per-tensor scale of the clean tensor (re-quantising an int8 tensor can change its scale
+  by an ulp, so it is carried, not recomputed), 1 for the other formats.
+  """
+  aux = {}
+  out = _quantized(_flat(variables), get_format(fmt), space, aux)
+  return traverse_util.unflatten_dict(out), aux
+
+
+def _corrupt(key, variables, k, cap: int, fmt: NumberFormat, space: FaultSpace, op: str,
+             prequantized: bool = False, aux: dict | None = None):
+  """Quantises the space's collections (unless ``prequantized``) and applies ``op`` at ``k``
+  distinct positions."""
   lo, hi = space.bit_range(fmt)
   flat = _flat(variables)
   selected = _select(flat, space)
-  out = _quantized(flat, fmt, space)
+  out = dict(flat) if prequantized else _quantized(flat, fmt, space)
   if selected:
-    new = _inject(key, [jnp.asarray(flat[p]) for p in selected], k, cap, fmt, lo, hi, op)
+    auxes = [_leaf_aux(fmt, aux, p) for p in selected] if prequantized else None
+    new = _inject(key, [jnp.asarray(flat[p]) for p in selected], k, cap, fmt, lo, hi, op, auxes)
     out.update(zip(selected, new))
   return traverse_util.unflatten_dict(out)
 
 
+def _leaf_aux(fmt: NumberFormat, aux: dict | None, path: tuple[str, ...]) -> jax.Array:
+  if fmt.kind != "int8":
+    return jnp.float32(1.0)
+  name = "/".join(path)
+  if aux is None or name not in aux:
+    raise ValueError(f"prequantized int8 variables need the clean scales: pass aux from "
+                     f"quantize_with_aux (missing {name!r})")
+  return jnp.asarray(aux[name], jnp.float32)
+
+
 def flip_bits(key: chex.PRNGKey, variables: Any, ber: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
-              space: FaultSpace = FaultSpace(), max_flips: int | None = None):
+              space: FaultSpace = FaultSpace(), max_flips: int | None = None, *,
+              prequantized: bool = False, aux: dict | None = None):
   """One trial of independent bit flips at bit error rate ``ber``.
 
   Args:
@@ -321,6 +379,12 @@ def flip_bits(key: chex.PRNGKey, variables: Any, ber: Any, fmt: str | NumberForm
     space: the fault space (static).
     max_flips: static cap of the fast path; default :func:`default_cap` of the concrete ``ber``
       (required when ``ber`` is traced). Counts above it take the exact dense path.
+    prequantized: ``variables`` is already the clean reference ``quantize_with_aux(v, fmt,
+      s)[0]`` (for a space ``s`` whose collections include ``space``'s): values are taken as
+      they are and only the hit ones are encoded, changed and decoded. The result equals
+      ``flip_bits`` on ``v`` bit for bit, except for fixed-point words of more than 24
+      significant bits (|w| >= 256 in Q15.16), whose word is re-derived from the float32 value.
+    aux: with ``prequantized``, the ``aux`` of :func:`quantize_with_aux` (required for int8).
 
   Returns:
     ``(corrupted variables, n_flips)``; ``n_flips ~ Binomial(count_bits(...), ber)``, int32.
@@ -334,16 +398,17 @@ def flip_bits(key: chex.PRNGKey, variables: Any, ber: Any, fmt: str | NumberForm
   cap = _resolve_cap(n_bits, ber, max_flips)
   k_count, k_pos = jax.random.split(key)
   k = sample_count(k_count, n_bits, ber)
-  return _corrupt(k_pos, variables, k, cap, fmt, space, "flip"), k
+  return _corrupt(k_pos, variables, k, cap, fmt, space, "flip", prequantized, aux), k
 
 
 def stuck_at(key: chex.PRNGKey, variables: Any, rate: Any, value: int,
              fmt: str | NumberFormat = DEFAULT_FORMAT, space: FaultSpace = FaultSpace(),
-             max_flips: int | None = None):
+             max_flips: int | None = None, *, prequantized: bool = False,
+             aux: dict | None = None):
   """Each stored bit is independently stuck at ``value`` (0 or 1) with probability ``rate``.
 
-  Sampled like :func:`flip_bits`. Returns ``(variables, n_stuck_sites)``; sites whose bit
-  already equals ``value`` are counted but change nothing.
+  Sampled like :func:`flip_bits` (same ``prequantized``, ``aux``). Returns ``(variables,
+  n_stuck_sites)``; sites whose bit already equals ``value`` are counted but change nothing.
   """
   if value not in (0, 1):
     raise ValueError(f"stuck-at value must be 0 or 1, got {value}")
@@ -353,15 +418,16 @@ def stuck_at(key: chex.PRNGKey, variables: Any, rate: Any, value: int,
   cap = _resolve_cap(n_bits, rate, max_flips)
   k_count, k_pos = jax.random.split(key)
   k = sample_count(k_count, n_bits, rate)
-  return _corrupt(k_pos, variables, k, cap, fmt, space, f"set{value}"), k
+  return _corrupt(k_pos, variables, k, cap, fmt, space, f"set{value}", prequantized, aux), k
 
 
 def flip_n(key: chex.PRNGKey, variables: Any, n: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
-           space: FaultSpace = FaultSpace(), max_flips: int | None = None):
+           space: FaultSpace = FaultSpace(), max_flips: int | None = None, *,
+           prequantized: bool = False, aux: dict | None = None):
   """Exactly ``n`` distinct bit flips, uniform over the fault space.
 
   ``n`` may be traced if ``max_flips`` (static) is given; a concrete ``n`` is its own cap.
-  Returns ``(variables, n)``.
+  ``prequantized``, ``aux``: as in :func:`flip_bits`. Returns ``(variables, n)``.
   """
   fmt = get_format(fmt)
   n_bits = count_bits(variables, fmt, space)
@@ -372,7 +438,8 @@ def flip_n(key: chex.PRNGKey, variables: Any, n: Any, fmt: str | NumberFormat = 
       raise ValueError("pass max_flips when n is traced")
     max_flips = int(n)
   k = jnp.clip(jnp.asarray(n, jnp.int32), 0, n_bits)
-  return _corrupt(key, variables, k, min(int(max_flips), n_bits), fmt, space, "flip"), k
+  return _corrupt(key, variables, k, min(int(max_flips), n_bits), fmt, space, "flip",
+                  prequantized, aux), k
 
 
 def toolbox_floor_flips(key: chex.PRNGKey, variables: Any, ber: float,

@@ -118,6 +118,24 @@ def test_paired_variants_get_identical_weight_faults(reference):
   assert all(np.isfinite(r["diff_mean"]) for r in ranger)
 
 
+
+@pytest.mark.parametrize("fmt", ["q15.16", "int8"])
+def test_prequantized_corrupt_equals_corrupt(fmt):
+  model, v = VARIANTS["ranger"]
+  plan = campaign.make_plan(v, fmt, None, 1e-2)
+  clean, aux = faults.quantize_with_aux(v, fmt)
+  f = jax.jit(lambda k, c, a: campaign.corrupt(k, c, 1e-2, plan, prequantized=True, aux=a))
+  g = jax.jit(lambda k, v: campaign.corrupt(k, v, 1e-2, plan))
+  for t in range(3):
+    key = jax.random.fold_in(KEY, t)
+    (a, *na), (b, *nb) = f(key, clean, aux), g(key, v)
+    assert [int(n) for n in na] == [int(n) for n in nb] and int(na[0]) > 0
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+      if fmt == "int8":  # eager and jitted int8 scales may differ by an ulp (XLA: * 1/127)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2.5e-7, atol=0)
+      else:
+        np.testing.assert_array_equal(np.asarray(x).view(np.uint32), np.asarray(y).view(np.uint32))
+
 class _Stop(Exception):
   pass
 

@@ -237,3 +237,40 @@ def test_stuck_at_flip_n_toolbox():
   assert int(n) == (300 * 32) // 1000 + (40 * 32) // 1000  # biases and thresholds: 0 flips
   np.testing.assert_array_equal(np.asarray(out["params"]["Dense_0"]["bias"]),
                                 np.asarray(q["params"]["Dense_0"]["bias"]))
+
+
+@functools.partial(jax.jit, static_argnames=("kind", "fmt", "space", "cap", "pre"))
+def _inject_any(key, v, aux, rate, kind, fmt, space, cap, pre):
+  kw = {"prequantized": True, "aux": aux} if pre else {}
+  if kind == "flip":
+    return faults.flip_bits(key, v, rate, fmt, space, cap, **kw)
+  if kind == "set1":
+    return faults.stuck_at(key, v, rate, 1, fmt, space, cap, **kw)
+  return faults.flip_n(key, v, jnp.asarray(rate, jnp.int32), fmt, space, cap, **kw)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_prequantized_path_is_bit_identical(fmt):
+  v = _tree()
+  v["params"]["Dense_0"]["kernel"] = v["params"]["Dense_0"]["kernel"] * 37.3  # q7.8 saturates
+  # under jit this tensor's int8 scale moves by an ulp when it is re-quantised: aux carries it
+  v["params"]["Dense_1"]["kernel"] = jnp.asarray(np.random.default_rng(88).normal(size=(10, 4)),
+                                                 jnp.float32)
+  clean, aux = jax.jit(faults.quantize_with_aux, static_argnums=(1, 2))(v, fmt,
+                                                                        faults.FaultSpace())
+  layer = faults.FaultSpace(layer="Dense_1", bit_lo=2, bit_hi=7)
+  cases = [("flip", faults.FaultSpace(), 0.02, 400), ("flip", faults.FaultSpace(), 0.02, 3),
+           ("flip", faults.FaultSpace(), 0.8, 3), ("flip", layer, 0.1, 60),
+           ("set1", faults.FaultSpace(), 0.05, 400), ("flip_n", faults.FaultSpace(), 37, 37)]
+  for i, (kind, space, rate, cap) in enumerate(cases):
+    key = jax.random.key(20 + i)
+    want, k_want = _inject_any(key, v, None, rate, kind, fmt, space, cap, False)
+    got, k_got = _inject_any(key, clean, aux, rate, kind, fmt, space, cap, True)
+    assert int(k_got) == int(k_want) > 0
+    flat_w, flat_g = faults._flat(want), faults._flat(got)
+    assert flat_w.keys() == flat_g.keys()
+    for path in flat_w:
+      assert _bits_equal(flat_g[path], flat_w[path]), (kind, space, cap, path)
+  if fmt == "int8":
+    with pytest.raises(ValueError, match="quantize_with_aux"):
+      faults.flip_bits(jax.random.key(0), clean, 1e-3, fmt, prequantized=True)
