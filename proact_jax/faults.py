@@ -21,6 +21,8 @@ clean value ``fmt.quantize(w)``, bit for bit. With ``prequantized=True`` the inj
 clean tree (:func:`quantize_with_aux`) as it is and encode only the hit values: O(cap) work plus
 the scatter's copy per leaf instead of re-encoding every value in every trial.
 
+The count and position sampling lives in :mod:`proact_jax.fault_sampling`.
+
 Under ``vmap`` (not ``lax.map``) the ``cond`` becomes a select and the dense path's O(n_values)
 set-up runs for every trial (its loop still runs only for trials that need it).
 """
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import chex
 import jax
@@ -38,10 +40,10 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
+from proact_jax.fault_sampling import (  # noqa: F401  (public names re-exported)
+    _check_prob, _choose, _resolve_cap, default_cap, sample_count, sample_flip_masks)
 from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, _to_twos, get_format
 
-_CHUNK = 1 << 16  # binomial draws per chunk: float32 stays accurate inside BTRS
-_DENSE_BATCH = 1 << 13  # candidates per round of the exact dense path
 _OPS = {"flip": lambda b, m: b ^ m, "set1": lambda b, m: b | m, "set0": lambda b, m: b & ~m}
 
 
@@ -135,126 +137,6 @@ def count_bits(variables: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
   lo, hi = space.bit_range(get_format(fmt))
   flat = _flat(variables)
   return sum(int(np.size(flat[p])) for p in _select(flat, space)) * (hi - lo)
-
-
-def default_cap(n_bits: int, ber: float) -> int:
-  """Static flip cap ``ceil(mean + 12 sd + 32)`` of Binomial(n_bits, ber), at most n_bits.
-
-  Exceeding it is exact but slower (the dense path); its probability is below 1e-30.
-  """
-  mean = n_bits * ber
-  return int(min(n_bits, math.ceil(mean + 12.0 * math.sqrt(mean * (1.0 - ber)) + 32)))
-
-
-def _check_prob(p: Any, what: str) -> None:
-  """Validates a concrete probability eagerly; traced ones are clipped to [0, 1] later."""
-  if isinstance(p, jax.core.Tracer):
-    return
-  value = float(np.asarray(p))
-  if not 0.0 <= value <= 1.0:
-    raise ValueError(f"{what} must be in [0, 1], got {value}")
-
-
-def _resolve_cap(n_bits: int, p: Any, max_flips: int | None) -> int:
-  if max_flips is not None:
-    if int(max_flips) < 0:
-      raise ValueError(f"max_flips must be >= 0, got {max_flips}")
-    return min(int(max_flips), n_bits)
-  if isinstance(p, jax.core.Tracer):
-    raise ValueError("pass max_flips (e.g. default_cap(count_bits(...), largest_ber)) when the "
-                     "rate is traced: the cap is static")
-  return default_cap(n_bits, float(np.asarray(p)))
-
-
-def sample_count(key: chex.PRNGKey, n_bits: int, p: Any) -> jax.Array:
-  """``K ~ Binomial(n_bits, p)`` as int32 (``n_bits`` static, ``p`` may be traced)."""
-  p = jnp.clip(jnp.asarray(p, jnp.float32), 0.0, 1.0)
-  safe = jnp.where((p > 0) & (p < 1), p, 0.5)  # p = 0 or 1 would loop forever in inversion
-  full, rest = divmod(int(n_bits), _CHUNK)
-  k_full, k_rest = jax.random.split(key)
-  total = jnp.int32(0)
-  if full:
-    draws = jax.random.binomial(k_full, jnp.float32(_CHUNK), safe, shape=(full,))
-    total += jnp.sum(draws.astype(jnp.int32))
-  if rest:
-    total += jax.random.binomial(k_rest, jnp.float32(rest), safe).astype(jnp.int32)
-  return jnp.where(p == 0, 0, jnp.where(p == 1, jnp.int32(n_bits), total)).astype(jnp.int32)
-
-
-def _candidates(key, n_values: int, nb: int, m: int):
-  """``m`` uniform (value, bit) draws; ``first`` marks first occurrences (draw order)."""
-  kv, kb = jax.random.split(key)
-  v = jax.random.randint(kv, (m,), 0, n_values, jnp.int32)
-  b = jax.random.randint(kb, (m,), 0, nb, jnp.int32)
-  sv, sb, sd = jax.lax.sort((v, b, jnp.arange(m, dtype=jnp.int32)), num_keys=3)
-  first_sorted = jnp.concatenate(
-      [jnp.ones((1,), bool), (sv[1:] != sv[:-1]) | (sb[1:] != sb[:-1])])
-  first = jnp.zeros((m,), bool).at[sd].set(first_sorted)
-  return v, b, first, (sv, sb, sd)
-
-
-def _dense_masks(key, k, n_values: int, nb: int, lo: int, batch: int) -> jax.Array:
-  """Exact: a uniform ``k``-subset of the positions as per-value uint32 masks."""
-  n_bits = n_values * nb
-  comp = k > n_bits // 2
-  target = jnp.where(comp, n_bits - k, k)
-
-  def body(state):
-    key, chosen, left = state
-    key, sub = jax.random.split(key)
-    v, b, first, _ = _candidates(sub, n_values, nb, batch)
-    bit = jnp.left_shift(jnp.uint32(1), (b + lo).astype(jnp.uint32))
-    ok = first & ((chosen[v] & bit) == 0)
-    take = ok & (jnp.cumsum(ok) <= left)
-    chosen = chosen.at[v].add(jnp.where(take, bit, jnp.uint32(0)))  # distinct bits: add == or
-    return key, chosen, left - jnp.sum(take, dtype=jnp.int32)
-
-  init = (key, jnp.zeros((n_values,), jnp.uint32), target.astype(jnp.int32))
-  _, chosen, _ = jax.lax.while_loop(lambda s: s[2] > 0, body, init)
-  full = jnp.uint32(((1 << (lo + nb)) - 1) ^ ((1 << lo) - 1))
-  return jnp.where(comp, chosen ^ full, chosen)
-
-
-def _choose(key, k, n_values: int, lo: int, hi: int, cap: int,
-            sparse_fn: Callable, dense_fn: Callable):
-  """Chooses ``k`` distinct positions; calls ``sparse_fn(value_idx, masks)`` (sorted by value;
-  mask 0 = unused slot) or, when the candidates are too few, ``dense_fn(masks_per_value)``."""
-  nb = hi - lo
-  n_bits = n_values * nb
-  m = max(1, cap + math.ceil(4 * cap * cap / n_bits) + 16)
-  batch = max(m, min(_DENSE_BATCH, n_bits))
-  k_sparse, k_dense = jax.random.split(key)
-  _, _, first, (sv, sb, sd) = _candidates(k_sparse, n_values, nb, m)
-  ok = jnp.sum(first, dtype=jnp.int32) >= k
-
-  def sparse():
-    take = (first & (jnp.cumsum(first) <= k))[sd]  # first k distinct in draw order, sorted
-    bit = jnp.where(take, jnp.left_shift(jnp.uint32(1), (sb + lo).astype(jnp.uint32)),
-                    jnp.uint32(0))
-    group = jnp.cumsum(jnp.concatenate([jnp.ones((1,), bool), sv[1:] != sv[:-1]])) - 1
-    combined = jnp.zeros((m,), jnp.uint32).at[group].add(bit)[group]  # one mask per value
-    return sparse_fn(sv, combined)
-
-  def dense():
-    return dense_fn(_dense_masks(k_dense, jnp.where(ok, 0, k), n_values, nb, lo, batch))
-
-  return jax.lax.cond(ok, sparse, dense)
-
-
-def sample_flip_masks(key: chex.PRNGKey, n_values: int, k: Any, *, bit_lo: int = 0,
-                      bit_hi: int = 32, cap: int) -> jax.Array:
-  """The per-value uint32 flip masks of ``k`` distinct uniform positions (dense; for tests).
-
-  Uses the very draws :func:`flip_bits` uses for the same position key, so a reference can
-  replay an injection: for ``flip_bits(key, ...)`` pass ``jax.random.split(key)[1]`` and
-  ``k = sample_count(jax.random.split(key)[0], n_bits, ber)``.
-  """
-  def sparse_fn(sv, combined):
-    idx = jnp.where(combined != 0, sv, n_values)
-    return jnp.zeros((n_values,), jnp.uint32).at[idx].set(combined, mode="drop")
-
-  return _choose(key, jnp.asarray(k, jnp.int32), n_values, bit_lo, bit_hi, cap,
-                 sparse_fn, lambda masks: masks)
 
 
 def _encode_with(fmt: NumberFormat, x: jax.Array, aux: jax.Array) -> jax.Array:

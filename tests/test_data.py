@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from proact_jax import data
+from proact_jax import image_folder
 from proact_jax.data import DATASETS, Dataset, load_dataset
 
 RNG = np.random.default_rng(0)
@@ -237,7 +237,7 @@ def test_image_folder_loads_and_caches(tmp_path, monkeypatch):
   def boom(*a, **k):
     raise AssertionError("decoded again instead of using the cache")
 
-  monkeypatch.setattr(data, "_decode_all", boom)
+  monkeypatch.setattr(image_folder, "_decode_all", boom)
   _check_images(load_dataset("folder", data_dir=str(root)), exp)
   # A changed listing (new file) invalidates the cache.
   _png(root / "train" / "ant" / "99.png", np.zeros((6, 5, 3), np.uint8))
@@ -258,7 +258,7 @@ def test_image_folder_targz_with_and_without_leading_dir(tmp_path, monkeypatch):
   for archive in (nested, str(flat)):
     _check_images(load_dataset("folder", data_dir=archive), exp)
   assert list((tmp_path / "a" / ".proact_cache").glob("*.npz"))
-  monkeypatch.setattr(data, "_read_tar", None)  # a cache hit must not even open the archive
+  monkeypatch.setattr(image_folder, "_read_tar", None)  # a cache hit must not even open the archive
   _check_images(load_dataset("folder", data_dir=nested), exp)  # from the cache
 
 
