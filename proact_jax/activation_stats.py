@@ -8,9 +8,10 @@ results header (``config_extra`` of :func:`campaign.run_campaign`).
 
 * Table V: the mean squared L2 distance ``||a_faulty - a_clean||^2`` (per image, averaged over
   images and trials) at every activation site, with faults injected into one parameter layer at
-  a time (:func:`campaign.activation_distance` with ``layer=<faulted layer>``);
+  a time (:func:`activation_faults.activation_distance` with ``layer=<faulted layer>``);
 * Figs. 3/6: histograms of fault-free and faulty activation values at every site under
-  whole-model faults (:func:`campaign.activation_samples`), split at 1 as in the paper: values in
+  whole-model faults (:func:`activation_faults.activation_samples`), split at 1 as in the
+  paper: values in
   [0, 1] on linear bins, values above 1 on log-spaced bins up to the largest finite value seen.
   Only the counts are stored, so the file stays small.
 
@@ -30,7 +31,7 @@ from flax import traverse_util
 from flax.core import unfreeze
 
 import proact_jax as pj
-from proact_jax import campaign, faults, thresholds
+from proact_jax import activation_faults, faults, thresholds
 from proact_jax.checkpoint import write_json_atomic
 
 DEFAULT_BINS = 40
@@ -168,13 +169,14 @@ def activation_report(key: chex.PRNGKey, variants: dict, x, *, ber: float = 1e-4
   for name, (model, variables) in variants.items():
     table[name] = {}
     for layer in layers:
-      d = campaign.activation_distance(key, model, variables, x, ber, fmt=fmt, layer=layer,
-                                       trials=int(trials))
+      d = activation_faults.activation_distance(key, model, variables, x, ber, fmt=fmt,
+                                                layer=layer, trials=int(trials))
       table[name][layer] = d
       sites = sites or list(d)
     if name in hist_variants:
-      samples = campaign.activation_samples(key, model, variables, x, hist_ber, fmt=fmt,
-                                            trials=int(trials), max_samples=int(max_samples))
+      samples = activation_faults.activation_samples(
+          key, model, variables, x, hist_ber, fmt=fmt, trials=int(trials),
+          max_samples=int(max_samples))
       hists[name] = {s: histogram_counts(v["clean"], v["faulty"], bins)
                      for s, v in samples.items()}
       sites = sites or list(samples)

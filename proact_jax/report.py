@@ -31,7 +31,6 @@ import re
 from typing import Callable, Sequence
 
 from proact_jax import plots
-from proact_jax.activation_stats import campaign_extra, model_info, variant_info  # noqa: F401
 from proact_jax.results import CampaignResult, _differences, load_results
 
 @dataclasses.dataclass

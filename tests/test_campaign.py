@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import proact_jax as pj
-from proact_jax import campaign, faults
+from proact_jax import activation_faults, campaign, faults
 from proact_jax.evaluate import make_eval_set
 
 BERS = [1e-4, 1e-3]
@@ -219,10 +219,10 @@ def test_unknown_layer_and_bad_inputs_raise():
 def test_activation_distance_and_samples():
   model, v = VARIANTS["ranger"]
   x = DATA.x[0]
-  dist = campaign.activation_distance(KEY, model, v, x, 1e-2, trials=2, layer="Dense_0")
+  dist = activation_faults.activation_distance(KEY, model, v, x, 1e-2, trials=2, layer="Dense_0")
   assert list(dist) == ["act0", "act1", "act2"]
   assert dist["act0"] == dist["act1"] == 0 and dist["act2"] > 0  # only after the faulty layer
-  samples = campaign.activation_samples(KEY, model, v, x, 1e-2, trials=2, max_samples=100,
+  samples = activation_faults.activation_samples(KEY, model, v, x, 1e-2, trials=2, max_samples=100,
                                         layer="Dense_0")
   assert samples["act0"]["clean"].shape == (100,) and samples["act0"]["faulty"].shape == (200,)
   np.testing.assert_array_equal(samples["act1"]["faulty"], np.tile(samples["act1"]["clean"], 2))

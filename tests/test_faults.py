@@ -119,7 +119,7 @@ def _pooled_chisquare(observed_values, pmf_support, pmf):
   exp = n * pmf
   obs = np.array([(observed_values == s).sum() for s in pmf_support], float)
   # pool bins from both ends until every expected count >= 5
-  edges, e_acc, o_acc, bins_e, bins_o = [], 0.0, 0.0, [], []
+  e_acc, o_acc, bins_e, bins_o = 0.0, 0.0, [], []
   for e, o in zip(exp, obs):
     e_acc += e
     o_acc += o

@@ -203,7 +203,7 @@ META = {"model": "small_cnn", "num_classes": 10, "input_shape": [8, 8, 1], "data
 
 
 def test_model_and_variant_info():
-  info = report.model_info(META)
+  info = activation_stats.model_info(META)
   model = pj.create_model("small_cnn", 10)
   v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
   n = pj.count(v["params"])
@@ -211,14 +211,14 @@ def test_model_and_variant_info():
   assert info["n_thresholds_by_granularity"] == {"layer": 3, "neuron": 8 * 8 * (16 + 32) + 64,
                                                  "hybrid": 2 + 64}
   assert info["memory_overhead_by_granularity"]["hybrid"] == pytest.approx(66 / n)
-  vi = report.variant_info(model, v, META)
+  vi = activation_stats.variant_info(model, v, META)
   assert vi == {"method": "relu", "kind": "relu", "granularity": "layer", "accuracy": 0.9,
                 "baseline_accuracy": 0.9, "memory_overhead": 0.0, "n_thresholds": 0}
   hard = pj.create_model("small_cnn", 10, "smooth", "hybrid")
   hv = hard.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
   hmeta = {**META, "method": "proact", "kind": "smooth", "granularity": "hybrid",
            "accuracy": 0.89, "baseline_accuracy": 0.9}
-  hi = report.variant_info(hard, hv, hmeta)
+  hi = activation_stats.variant_info(hard, hv, hmeta)
   assert hi["baseline_accuracy"] == 0.9 and hi["n_thresholds"] == 66
 
 

@@ -9,7 +9,7 @@ a field named ``act`` (all built-in models do; so can a user's): the methods reb
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Iterable
 
 import flax.linen as nn
 import jax
