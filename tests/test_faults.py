@@ -262,6 +262,11 @@ def test_prequantized_path_is_bit_identical(fmt):
   cases = [("flip", faults.FaultSpace(), 0.02, 400), ("flip", faults.FaultSpace(), 0.02, 3),
            ("flip", faults.FaultSpace(), 0.8, 3), ("flip", layer, 0.1, 60),
            ("set1", faults.FaultSpace(), 0.05, 400), ("flip_n", faults.FaultSpace(), 37, 37)]
+  if fmt not in ("q15.16", "int8"):
+    # the cap/dense/stuck-at/flip_n logic is format-independent and covered by the default
+    # format and int8 (whose scales travel in aux); other formats check the encode/decode path
+    # on the whole tree and on a bit range of one layer (each case costs two compilations)
+    cases = [cases[0], cases[3]]
   for i, (kind, space, rate, cap) in enumerate(cases):
     key = jax.random.key(20 + i)
     want, k_want = _inject_any(key, v, None, rate, kind, fmt, space, cap, False)
