@@ -103,8 +103,9 @@ def main(argv=None) -> int:
   nb = len(res.bers)
   print(f"total over {nb} BERs (paper {PAPER_TRIALS} x {n_test:,} x {nb} = {paper * nb:,}):")
   for m in sizes:
-    print(f"    m={m:6d}: image evaluations {totals[m]:12,d} (ratio {totals[m] / (paper * nb):.4f},"
-          f" 1/{paper * nb / max(totals[m], 1):.1f})")
+    r = totals[m] / (paper * nb)
+    print(f"    m={m:6d}: image evaluations {totals[m]:12,d} (ratio {r:.4f}"
+          + (f", 1/{1 / r:.1f})" if 0 < r < 1 else ")"))
   return 0
 
 
