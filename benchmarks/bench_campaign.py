@@ -1,14 +1,18 @@
 """Campaign cost ratios, measured in one run (by hand; not a test).
 
   python benchmarks/bench_campaign.py [--images 512] [--trials 3] [--bers 1e-7,1e-4] \
-      [--skip-vmap] [--checkpoint /tmp/x/base/model]   # a trained digits small_cnn for (d)
+      [--skip-vmap] [--checkpoint /tmp/x/base/model] [--images-per-trial 500] [--only-budget]
+
+``--checkpoint``: a trained digits small_cnn for (d); ``--only-budget`` runs (d) alone.
 
 (a) campaign time / (clean forward time of the same images x trials), AlexNet, BER 1e-7..1e-4;
 (b) lax.map vs vmap trial batching; (c) corrupting one copy (pre-quantised path as the campaign
 uses it, and the re-encoding path of ``flip_bits`` on unquantised variables) vs one forward batch
 of 256;
 (d) image evaluations our sequential campaign needs for "mean accuracy at 6 BERs with 95% CI
-half-width <= 0.5 points" vs the paper's 500 trials x 10,000 images x 6 BERs.
+half-width <= 0.5 points" vs the paper's 500 trials x 10,000 images x 6 BERs; with
+``--images-per-trial M`` every trial evaluates a fresh random subset of M test images
+(``run_campaign(images_per_trial=M)``), which needs more trials but far fewer image evaluations.
 """
 
 from __future__ import annotations
@@ -76,7 +80,8 @@ def bench_alexnet(n_images: int, trials: int, vmap_trials: int, bers: list[float
   return ratios
 
 
-def bench_budget(checkpoint: str, max_trials: int, target_pp: float):
+def bench_budget(checkpoint: str, max_trials: int, target_pp: float,
+                 images_per_trial: int | None = None):
   from proact_jax.checkpoint import load_checkpoint
   from proact_jax.workflow import checkpoint_data
   model, v, meta = load_checkpoint(checkpoint)
@@ -85,25 +90,29 @@ def bench_budget(checkpoint: str, max_trials: int, target_pp: float):
   t = time.perf_counter()
   res = campaign.run_campaign(jax.random.PRNGKey(0), {"relu": (model, v)}, data, PAPER_BERS,
                               max_trials, ci_target=target_pp, min_trials=30, chunk=10,
-                              progress=False)
+                              progress=False, images_per_trial=images_per_trial)
   wall = time.perf_counter() - t
   rows = res.summary_rows()
-  used = sum(r["n"] for r in rows) * data.n
+  m = images_per_trial or data.n
+  used = sum(r["n"] for r in rows) * m
   paper = 500 * 10_000 * len(PAPER_BERS)
   like = 500 * data.n * len(PAPER_BERS)
-  print(f"(d) {meta['model']} on {meta['dataset']}, {data.n} test images, target "
-        f"{target_pp} pp, max {max_trials} trials/BER ({wall:.0f} s):")
+  print(f"(d) {meta['model']} on {meta['dataset']}, {data.n} test images, "
+        + (f"trials on random subsets of {m}, " if images_per_trial else "")
+        + f"target {target_pp} pp, max {max_trials} trials/BER ({wall:.0f} s):")
   for r, acc in zip(rows, res.accuracies("relu")):
-    # variance decomposition: per-trial accuracy on m fresh images has variance
-    # Var_fault + E[p(1-p)]/m; with all N images, Var_fault ~= var - E[p(1-p)]/N
+    # variance decomposition: per-trial accuracy on m fresh images of N has variance
+    # Var_fault + E[p(1-p)] (N-m)/((N-1) m); with all N images, Var_fault ~= var - E[p(1-p)]/N
     vimg = float(np.mean(acc * (1 - acc)))
-    vfault = max(0.0, float(np.var(acc, ddof=1)) - vimg / data.n)
-    need = stats.sample_size_from_std(np.sqrt(vfault + vimg / data.n), target_pp / 100)
+    term = vimg * ((data.n - m) / ((data.n - 1) * m) if images_per_trial else 1 / data.n)
+    vfault = max(0.0, float(np.var(acc, ddof=1)) - term)
+    need = stats.sample_size_from_std(np.sqrt(vfault + term), target_pp / 100)
     print(f"    BER {r['ber']:.0e}: n={r['n']:4d} mean {100 * r['mean']:.2f}% "
           f"half-width {100 * r['half_width']:.2f} pp; sd_fault {100 * np.sqrt(vfault):.2f} pp, "
-          f"sd_image/sqrt(N) {100 * np.sqrt(vimg / data.n):.2f} pp; "
+          f"image term sd {100 * np.sqrt(term):.2f} pp; "
           f"trials needed for the target {need}")
-  print(f"    image evaluations: ours {used:,} vs paper 500 x 10,000 x 6 = {paper:,} "
+  print(f"    image evaluations: ours {used:,} ({sum(r['n'] for r in rows)} trials x {m}) "
+        f"vs paper 500 x 10,000 x 6 = {paper:,} "
         f"(ratio 1/{paper / used:.0f}); vs 500 x {data.n} x 6 = {like:,} "
         f"(ratio 1/{like / used:.1f})")
 
@@ -118,12 +127,18 @@ def main():
   p.add_argument("--checkpoint", default=None, help="trained digits small_cnn for (d)")
   p.add_argument("--max-trials", type=int, default=500)
   p.add_argument("--target", type=float, default=0.5)
+  p.add_argument("--images-per-trial", type=int, default=None,
+                 help="(d): evaluate each trial on a fresh random subset of M test images")
+  p.add_argument("--only-budget", action="store_true", help="run (d) only (needs --checkpoint)")
   args = p.parse_args()
+  if args.only_budget and not args.checkpoint:
+    p.error("--only-budget needs --checkpoint")
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s)")
-  bench_alexnet(args.images, args.trials, 0 if args.skip_vmap else args.vmap_trials,
-                [float(b) for b in args.bers.split(",")])
+  if not args.only_budget:
+    bench_alexnet(args.images, args.trials, 0 if args.skip_vmap else args.vmap_trials,
+                  [float(b) for b in args.bers.split(",")])
   if args.checkpoint:
-    bench_budget(args.checkpoint, args.max_trials, args.target)
+    bench_budget(args.checkpoint, args.max_trials, args.target, args.images_per_trial)
 
 
 if __name__ == "__main__":

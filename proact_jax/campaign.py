@@ -9,6 +9,20 @@ and the thresholds with ``fold_in(trial_key, 1)``, in two ``flip_bits`` calls: v
 share a baseline's params but differ in thresholds (relu, Ranger, FT-ClipAct, FitAct, ProAct)
 receive identical weight faults in trial ``t``, so their accuracies can be compared paired.
 
+Image subsets (``images_per_trial=m``): by default every trial is evaluated on all ``n`` images
+of the eval set. With ``m`` set, trial ``t`` evaluates ``m`` distinct images drawn uniformly
+without replacement from the ``n`` valid images with ``fold_in(trial_key, 2)``
+(:func:`trial_image_indices`), a fresh subset per trial. Per-trial accuracy variance is
+``Var_fault + Var_image (n - m) / ((n - 1) m)`` and the fault term usually dominates, so many
+trials on small subsets reach a CI target with far fewer image evaluations than few trials on
+the whole set. The subset depends only on the campaign key, BER index and trial, so every
+variant of a paired campaign sees the same images in trial ``t`` and the draw does not depend
+on batching, chunks, devices or resumption. It is built inside the jitted trial function
+(gathered into padded, masked batches; :func:`evaluate.take_images`); the accuracy is the exact
+count correct / ``m``. ``m`` is part of the results file's configuration (recorded only when
+set, so files of full-set campaigns are unchanged); the clean accuracy is still measured on the
+whole eval set.
+
 The clean tree is quantised once (``faults.quantize_with_aux``: it keeps the clean int8 scales);
 trials inject into it with ``prequantized=True``, encoding only the hit values. The BER is a
 traced argument with a static flip cap (``faults.default_cap`` at the largest BER), so one
@@ -39,14 +53,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from proact_jax import faults, stats
 from proact_jax.activations import THRESHOLDS
-from proact_jax.evaluate import EvalSet, accuracy_and_loss, eval_apply, evaluate
+from proact_jax.evaluate import EvalSet, accuracy_and_loss, eval_apply, evaluate, take_images
 from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, get_format
 from proact_jax.results import (CampaignResult, ResultsStore, fingerprint, load_results,
                                 result_from_store)
 
 MODES = ("auto", "map", "vmap")
 __all__ = ["MODES", "CampaignResult", "FaultPlan", "accuracy_under_faults", "corrupt",
-           "load_results", "make_plan", "run_campaign"]
+           "load_results", "make_plan", "run_campaign", "trial_image_indices"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +134,24 @@ def corrupt(key: chex.PRNGKey, variables, ber: Any, plan: FaultPlan, *,
   return variables, nw, nt
 
 
+def trial_image_indices(key: chex.PRNGKey, n: int, m: int) -> jax.Array:
+  """``m`` distinct indices in ``[0, n)``, uniform without replacement (traceable; static n, m).
+
+  The campaign calls it with ``fold_in(trial_key, 2)``.
+  """
+  return jax.random.permutation(key, int(n))[:int(m)]
+
+
+def _check_images(images_per_trial, n: int) -> int | None:
+  m = images_per_trial
+  if m is None:
+    return None
+  if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= n:
+    raise ValueError(f"images_per_trial must be an integer in [1, {n}] (the eval set's "
+                     f"images), got {m!r}")
+  return int(m)
+
+
 def _resolve_mode(mode: str) -> str:
   if mode not in MODES:
     raise ValueError(f"unknown batching mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -135,18 +167,24 @@ def _batched(one: Callable, idx: jax.Array, mode: str, trial_batch: int | None):
 
 
 @functools.lru_cache(maxsize=64)
-def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: int):
+def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: int,
+            images_per_trial: tuple[int, int] | None = None):
   """jit(f)((clean, aux), data, key, ber_index, ber, idx) -> (acc, loss, n_w, n_t), each
-  [len(idx)]; ``(clean, aux) = faults.quantize_with_aux(...)``."""
+  [len(idx)]; ``(clean, aux) = faults.quantize_with_aux(...)``. ``images_per_trial``:
+  ``(n, m)``, evaluate each trial on ``m`` of the ``n`` images (None: all of them)."""
   apply_fn = eval_apply(model)
 
   def local(clean, data, key, ber_index, ber, idx):
     bkey = jax.random.fold_in(key, ber_index)
 
     def one(t):
-      v, nw, nt = corrupt(jax.random.fold_in(bkey, t), clean[0], ber, plan, prequantized=True,
-                          aux=clean[1])
-      acc, loss = accuracy_and_loss(apply_fn, v, data)
+      tkey = jax.random.fold_in(bkey, t)
+      v, nw, nt = corrupt(tkey, clean[0], ber, plan, prequantized=True, aux=clean[1])
+      if images_per_trial is None:
+        acc, loss = accuracy_and_loss(apply_fn, v, data)
+      else:
+        pick = trial_image_indices(jax.random.fold_in(tkey, 2), *images_per_trial)
+        acc, loss = accuracy_and_loss(apply_fn, v, take_images(data, pick))
       return acc, loss, nw, nt
 
     return _batched(one, idx, mode, trial_batch)
@@ -161,17 +199,20 @@ def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: i
 
 def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: float,
                 trials: Sequence[int], mode: str, trial_batch: int | None,
-                size: int | None = None) -> tuple[np.ndarray, ...]:
+                size: int | None = None,
+                images_per_trial: int | None = None) -> tuple[np.ndarray, ...]:
   """Runs the given trial indices (padded to ``size`` and to a multiple of the device count).
 
-  ``clean``: ``faults.quantize_with_aux(variables, plan.fmt, space)``.
+  ``clean``: ``faults.quantize_with_aux(variables, plan.fmt, space)``. ``images_per_trial``:
+  evaluate each trial on that many random images of ``data`` (None: all of them).
   """
+  m = _check_images(images_per_trial, int(data.n))
   n_dev = jax.device_count()
   trials = np.asarray(trials, np.int32)
   size = max(size or len(trials), len(trials))
   size = -(-size // n_dev) * n_dev
   idx = np.concatenate([trials, np.full(size - len(trials), trials[-1], np.int32)])
-  f = _runner(model, plan, mode, trial_batch, n_dev)
+  f = _runner(model, plan, mode, trial_batch, n_dev, None if m is None else (int(data.n), m))
   if n_dev > 1:
     mesh = Mesh(np.asarray(jax.devices()), ("trials",))
     idx = jax.make_array_from_callback(idx.shape, NamedSharding(mesh, P("trials")),
@@ -182,7 +223,8 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
     out = multihost_utils.process_allgather(out, tiled=True)
   acc, loss, nw, nt = (np.asarray(o)[:len(trials)] for o in out)
   # exact count / n in float64: float32 division may differ in the last bit across batchings
-  acc = np.rint(acc.astype(np.float64) * int(data.n)) / int(data.n)
+  n_eval = int(data.n) if m is None else m
+  acc = np.rint(acc.astype(np.float64) * n_eval) / n_eval
   return acc, loss, nw, nt
 
 
@@ -202,21 +244,24 @@ def _check_bers(bers) -> list[float]:
 def accuracy_under_faults(key: chex.PRNGKey, model, variables, eval_set: EvalSet, bers, trials,
                           *, fmt: str | NumberFormat = DEFAULT_FORMAT,
                           space: faults.FaultSpace | None = None,
-                          trial_batch: int | None = None, mode: str = "auto") -> np.ndarray:
+                          trial_batch: int | None = None, mode: str = "auto",
+                          images_per_trial: int | None = None) -> np.ndarray:
   """Top-1 accuracies under bit flips, ``[len(bers), trials]`` in [0, 1].
 
   Trial ``t`` at BER index ``b`` uses ``fold_in(fold_in(key, b), t)`` (see module docstring).
+  ``images_per_trial``: evaluate each trial on a fresh random subset of that many images.
   """
   bers = _check_bers(bers)
   if int(trials) < 1:
     raise ValueError(f"trials must be >= 1, got {trials}")
+  images_per_trial = _check_images(images_per_trial, int(eval_set.n))
   mode = _resolve_mode(mode)
   plan = make_plan(variables, fmt, space, max(bers))
   clean = faults.quantize_with_aux(variables, plan.fmt, space or faults.FaultSpace())
   out = np.zeros((len(bers), int(trials)))
   for i, ber in enumerate(bers):
     out[i] = _run_trials(model, plan, clean, eval_set, key, i, ber, range(int(trials)), mode,
-                         trial_batch)[0]
+                         trial_batch, images_per_trial=images_per_trial)[0]
   return out
 
 
@@ -231,7 +276,8 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
                  progress: bool = True, config_extra: dict | None = None,
                  reference: str | None = None, trial_batch: int | None = None,
                  mode: str = "auto", confidence: float = 0.95,
-                 on_chunk: Callable | None = None) -> CampaignResult:
+                 on_chunk: Callable | None = None,
+                 images_per_trial: int | None = None) -> CampaignResult:
   """A paired campaign over one or several variants, resumable through a JSONL results file.
 
   Args:
@@ -253,13 +299,17 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
       first).
     trial_batch, mode: batching (see module docstring); they do not change the results.
     on_chunk: optional ``f(variant, ber_index, trial_indices)`` called after each chunk is saved.
+    images_per_trial: evaluate trial ``t`` on ``m`` images drawn without replacement with
+      ``fold_in(trial_key, 2)`` (the same for every variant; see module docstring), 1 <= m <=
+      ``eval_set.n``; None evaluates every trial on all images. Recorded in the configuration
+      when set. The clean accuracy is always measured on the whole eval set.
 
   Returns:
     A :class:`CampaignResult`.
 
   Raises:
-    ValueError: bad BERs, trial counts, format, bit range, layer filter, or a results file from
-      a different configuration. Nothing is written before the inputs are validated.
+    ValueError: bad BERs, trial counts, images per trial, format, bit range, layer filter, or a
+      results file from a different configuration. Nothing is written before the inputs are validated.
   """
   bers = _check_bers(bers)
   if not variants:
@@ -268,6 +318,7 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
     raise ValueError(f"trials must be >= 1, got {trials}")
   if ci_target is not None and not ci_target > 0:
     raise ValueError(f"the CI half-width target must be > 0 points, got {ci_target}")
+  images_per_trial = _check_images(images_per_trial, int(eval_set.n))
   mode = _resolve_mode(mode)
   fmt = get_format(fmt)
   space = space or faults.FaultSpace()
@@ -300,6 +351,9 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
       "eval_set": {"n": int(eval_set.n), "hash": eval_set_hash(eval_set)},
       "extra": config_extra or {},
   }
+  if images_per_trial is not None:  # only when set: full-set results files keep their config
+    config["images_per_trial"] = images_per_trial
+    config["image_key"] = "fold_in(trial_key, 2): permutation(n)[:images_per_trial]"
   run = {"trials": int(trials), "ci_target": ci_target, "min_trials": min_trials,
          "max_trials": max_trials, "chunk": chunk, "mode": mode, "trial_batch": trial_batch,
          "devices": jax.device_count(), "reference": reference}
@@ -331,7 +385,8 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
           for s in range(0, len(missing), chunk):
             part = missing[s:s + chunk]
             acc, loss, nw, nt = _run_trials(model, plans[name], clean[name], eval_set, key, b,
-                                            ber, part, mode, trial_batch, size=chunk)
+                                            ber, part, mode, trial_batch, size=chunk,
+                                            images_per_trial=images_per_trial)
             store.add_trials(
                 {"type": "trial", "variant": name, "ber_index": b, "ber": ber, "trial": int(t),
                  "accuracy": float(a), "loss": float(lo), "n_flips": int(w) + int(h),

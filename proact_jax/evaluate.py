@@ -68,6 +68,24 @@ def accuracy_and_loss(apply_fn: Callable, variables, data: EvalSet) -> tuple[jax
   return jnp.sum(correct) / data.n, jnp.sum(loss) / data.n
 
 
+def take_images(data: EvalSet, idx: jax.Array) -> EvalSet:
+  """Traceable: the images ``idx`` (indices into the ``data.n`` valid images) as an EvalSet.
+
+  They are laid out in ``idx`` order in padded batches of ``min(batch_size, len(idx))`` (as
+  :func:`make_eval_set` would) with a mask; ``n`` is ``len(idx)``.
+  """
+  chex.assert_rank(idx, 1)
+  m = int(idx.shape[0])
+  bs = min(int(data.x.shape[1]), m)
+  nb = -(-m // bs)
+  pad = nb * bs - m
+  idx = jnp.concatenate([idx.astype(jnp.int32), jnp.zeros(pad, jnp.int32)])
+  x = data.x.reshape(-1, *data.x.shape[2:])[idx]
+  y = data.y.reshape(-1)[idx]
+  mask = jnp.arange(nb * bs) < m
+  return EvalSet(x.reshape(nb, bs, *x.shape[1:]), y.reshape(nb, bs), mask.reshape(nb, bs), m)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _evaluate_jit(apply_fn, variables, data):
   return accuracy_and_loss(apply_fn, variables, data)

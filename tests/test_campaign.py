@@ -10,7 +10,7 @@ import pytest
 
 import proact_jax as pj
 from proact_jax import activation_faults, campaign, faults
-from proact_jax.evaluate import make_eval_set
+from proact_jax.evaluate import evaluate, make_eval_set
 
 BERS = [1e-4, 1e-3]
 
@@ -31,6 +31,19 @@ VARIANTS, DATA = _setup()
 KEY = jax.random.PRNGKey(7)
 
 
+def _subset_data(n_images=40):
+  """Labels right on even images and wrong on odd ones: clean accuracy near 1/2, so which
+  images a trial sees matters."""
+  model, v = VARIANTS["relu"]
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (n_images, 8, 8, 1)))
+  pred = np.argmax(np.asarray(model.apply(v, x)), -1)
+  y = np.where(np.arange(n_images) % 2 == 0, pred, (pred + 1) % 10).astype(np.int32)
+  return make_eval_set(x, y, batch_size=16)
+
+
+SUB_DATA, SUB_BERS, SUB_M, SUB_T = _subset_data(), [0.0, 1e-3], 20, 24  # 2 padded batches of 16
+
+
 def _trials(result, name):
   return {f: np.stack([t[f] for t in result.trials[name]]) for f in
           ("accuracy", "loss", "n_flips_weights", "n_flips_thresholds")}
@@ -43,8 +56,10 @@ import jax, numpy as np
 assert jax.device_count() == 4, jax.devices()
 import test_campaign as tc
 r = tc.campaign.run_campaign(tc.KEY, tc.VARIANTS, tc.DATA, tc.BERS, 6, progress=False, chunk=6)
-print(json.dumps({{n: {{k: v.tolist() for k, v in tc._trials(r, n).items()}}
-                  for n in tc.VARIANTS}}))
+s = tc.campaign.run_campaign(tc.KEY, tc.VARIANTS, tc.SUB_DATA, tc.SUB_BERS, tc.SUB_T,
+                             progress=False, chunk=10, images_per_trial=tc.SUB_M)
+print(json.dumps({{k: {{n: {{f: a.tolist() for f, a in tc._trials(res, n).items()}}
+                        for n in tc.VARIANTS}} for k, res in (("full", r), ("subset", s))}}))
 """
 
 
@@ -61,6 +76,12 @@ def four_devices():
 @pytest.fixture(scope="module")
 def reference(four_devices):
   return campaign.run_campaign(KEY, VARIANTS, DATA, BERS, 6, progress=False, chunk=6)
+
+
+@pytest.fixture(scope="module")
+def subset_reference(four_devices):
+  return campaign.run_campaign(KEY, VARIANTS, SUB_DATA, SUB_BERS, SUB_T, progress=False,
+                               chunk=SUB_T, images_per_trial=SUB_M)
 
 
 def _assert_same(a, b):
@@ -87,15 +108,16 @@ def test_accuracy_under_faults_matches_campaign(reference):
   assert _trials(reference, "relu")["accuracy"][1].mean() < 1.0  # faults do something
 
 
-def test_four_devices_give_the_same_numbers(reference, four_devices):
-  stdout, stderr = four_devices.communicate(timeout=180)
+def test_four_devices_give_the_same_numbers(reference, subset_reference, four_devices):
+  stdout, stderr = four_devices.communicate(timeout=300)
   assert four_devices.returncode == 0, stderr[-2000:]
-  got = json.loads(stdout.strip().splitlines()[-1])
-  for name in VARIANTS:
-    ref = _trials(reference, name)
-    for f in ("accuracy", "n_flips_weights", "n_flips_thresholds"):
-      np.testing.assert_array_equal(np.asarray(got[name][f]), ref[f])
-    np.testing.assert_allclose(np.asarray(got[name]["loss"]), ref["loss"], rtol=1e-5)
+  out = json.loads(stdout.strip().splitlines()[-1])
+  for got, want in ((out["full"], reference), (out["subset"], subset_reference)):
+    for name in VARIANTS:
+      ref = _trials(want, name)
+      for f in ("accuracy", "n_flips_weights", "n_flips_thresholds"):
+        np.testing.assert_array_equal(np.asarray(got[name][f]), ref[f])
+      np.testing.assert_allclose(np.asarray(got[name]["loss"]), ref["loss"], rtol=1e-5)
 
 
 def test_paired_variants_get_identical_weight_faults(reference):
@@ -226,3 +248,100 @@ def test_activation_distance_and_samples():
                                         layer="Dense_0")
   assert samples["act0"]["clean"].shape == (100,) and samples["act0"]["faulty"].shape == (200,)
   np.testing.assert_array_equal(samples["act1"]["faulty"], np.tile(samples["act1"]["clean"], 2))
+
+
+def _trial_subset(ber_index, t):
+  trial_key = jax.random.fold_in(jax.random.fold_in(KEY, ber_index), t)
+  idx = campaign.trial_image_indices(jax.random.fold_in(trial_key, 2), SUB_DATA.n, SUB_M)
+  return np.asarray(idx)
+
+
+def test_trial_image_indices_are_distinct_and_in_range():
+  subsets = [_trial_subset(0, t) for t in range(5)]
+  for idx in subsets:
+    assert idx.shape == (SUB_M,) and len(set(idx.tolist())) == SUB_M
+    assert idx.min() >= 0 and idx.max() < SUB_DATA.n
+  assert len({tuple(i) for i in subsets}) == 5  # a fresh subset per trial
+  everything = campaign.trial_image_indices(KEY, 7, 7)
+  assert sorted(np.asarray(everything).tolist()) == list(range(7))
+
+
+def test_subset_at_ber0_is_clean_accuracy_on_those_images(subset_reference):
+  x = np.asarray(SUB_DATA.x).reshape(-1, 8, 8, 1)[:SUB_DATA.n]
+  y = np.asarray(SUB_DATA.y).reshape(-1)[:SUB_DATA.n]
+  for name, (model, v) in VARIANTS.items():
+    clean = faults.quantize_with_aux(v)[0]  # what the campaign corrupts (nothing at BER 0)
+    got = _trials(subset_reference, name)["accuracy"][0]
+    for t in range(SUB_T):
+      idx = _trial_subset(0, t)  # the same images for both variants
+      want, _ = evaluate(model, clean, x[idx], y[idx], batch_size=16)
+      assert got[t] == np.rint(want * SUB_M) / SUB_M, (name, t)
+    assert len(set(got.tolist())) > 1  # the subsets differ across trials
+  # The mean over trials of the subset accuracy estimates the full-set accuracy p. One subset
+  # of m of N images has a hypergeometric count: Var = p(1-p)/m * (N-m)/(N-1); trials draw
+  # independent subsets, so the mean of T trials has SE = sqrt(Var / T). 4 SE (~1 in 16,000 for
+  # a normal tail; here a fixed seed, so deterministic) bounds it without being trivially loose.
+  p = subset_reference.clean["relu"]["accuracy"]
+  n, m = SUB_DATA.n, SUB_M
+  se = np.sqrt(p * (1 - p) / m * (n - m) / (n - 1) / SUB_T)
+  mean = _trials(subset_reference, "relu")["accuracy"][0].mean()
+  assert 0.2 < p < 0.8 and abs(mean - p) <= 4 * se, (mean, p, se)
+
+
+def test_subset_results_do_not_depend_on_batching(subset_reference):
+  model, v = VARIANTS["ranger"]
+  want = _trials(subset_reference, "ranger")["accuracy"]
+  for mode, tb in (("vmap", 5), ("map", 4)):
+    acc = campaign.accuracy_under_faults(KEY, model, v, SUB_DATA, SUB_BERS, SUB_T, mode=mode,
+                                         trial_batch=tb, images_per_trial=SUB_M)
+    np.testing.assert_array_equal(acc, want, err_msg=f"{mode}, trial_batch {tb}")
+  assert want[1].mean() < want[0].mean()  # faults do something
+
+
+def test_subset_resume_and_chunks_equal_the_uninterrupted_run(tmp_path, subset_reference):
+  path = str(tmp_path / "s.jsonl")
+  calls = []
+
+  def boom(name, b, trials):
+    calls.append((name, b))
+    if len(calls) == 3:
+      raise _Stop
+
+  kw = dict(progress=False, chunk=7, results_path=path, images_per_trial=SUB_M)
+  with pytest.raises(_Stop):
+    campaign.run_campaign(KEY, VARIANTS, SUB_DATA, SUB_BERS, SUB_T, on_chunk=boom, **kw)
+  resumed = campaign.run_campaign(KEY, VARIANTS, SUB_DATA, SUB_BERS, SUB_T, **kw)
+  _assert_same(subset_reference, resumed)
+  _assert_same(subset_reference, campaign.load_results(path))
+  assert resumed.config["images_per_trial"] == SUB_M
+  before = open(path).read()
+  with pytest.raises(ValueError, match="different configuration.*images_per_trial"):
+    campaign.run_campaign(KEY, VARIANTS, SUB_DATA, SUB_BERS, SUB_T,
+                          **{**kw, "images_per_trial": SUB_M - 1})
+  with pytest.raises(ValueError, match="different configuration.*images_per_trial"):
+    campaign.run_campaign(KEY, VARIANTS, SUB_DATA, SUB_BERS, SUB_T,
+                          **{**kw, "images_per_trial": None})
+  assert open(path).read() == before
+
+
+def test_images_per_trial_none_is_the_full_set_campaign(reference):
+  unset = campaign.run_campaign(KEY, VARIANTS, DATA, BERS, 6, progress=False, chunk=6,
+                                images_per_trial=None)
+  _assert_same(reference, unset)
+  for cfg in (reference.config, unset.config):
+    assert "images_per_trial" not in cfg and "image_key" not in cfg
+  model, v = VARIANTS["relu"]
+  acc = campaign.accuracy_under_faults(KEY, model, v, DATA, BERS, 6, images_per_trial=None)
+  np.testing.assert_array_equal(acc, _trials(reference, "relu")["accuracy"])
+
+
+@pytest.mark.parametrize("m", [0, -1, SUB_DATA.n + 1, 2.5, True])
+def test_bad_images_per_trial_raises(tmp_path, m):
+  model, v = VARIANTS["relu"]
+  path = str(tmp_path / "r.jsonl")
+  with pytest.raises(ValueError, match=r"images_per_trial must be an integer in \[1, 40\]"):
+    campaign.run_campaign(KEY, VARIANTS, SUB_DATA, SUB_BERS, 2, progress=False,
+                          results_path=path, images_per_trial=m)
+  assert not os.path.exists(path)
+  with pytest.raises(ValueError, match="images_per_trial"):
+    campaign.accuracy_under_faults(KEY, model, v, SUB_DATA, SUB_BERS, 2, images_per_trial=m)

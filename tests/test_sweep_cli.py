@@ -50,6 +50,20 @@ def test_sweep_writes_results_and_summary(ckpts, capsys, tmp_path):
   assert rc == 0 and len(open(out).readlines()) == len(rows)
 
 
+def test_sweep_images_per_trial(ckpts, capsys, tmp_path):
+  out = str(tmp_path / "s.jsonl")
+  argv = ["--checkpoint", ckpts["base"], "--bers", "1e-4", "--trials", "3", "--images", "20",
+          "--images-per-trial", "5", "--quiet", "--out", out]
+  rc, cap = _run(capsys, *argv)
+  assert rc == 0, cap.err
+  assert "trials use random subsets of 5 of the 20 test images" in cap.out
+  rows = [json.loads(line) for line in open(out)]
+  assert rows[0]["config"]["images_per_trial"] == 5
+  assert all(round(r["accuracy"] * 5, 9) % 1 == 0 for r in rows if r["type"] == "trial")
+  rc, cap = _run(capsys, *argv[:-4], "6", "--quiet", "--out", out)  # another m: refused
+  assert rc == 2 and "images_per_trial" in cap.err
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--bers", "2"], "outside [0, 1]"),
     (["--bers", "1e-5,abc"], "comma-separated numbers"),
@@ -60,6 +74,8 @@ def test_sweep_writes_results_and_summary(ckpts, capsys, tmp_path):
     (["--layer", "nope"], "matches no leaf"),
     (["--bits", "0:40"], "not inside"),
     (["--ci-target", "0"], "--ci-target"),
+    (["--images-per-trial", "0"], "--images-per-trial must be >= 1"),
+    (["--images", "20", "--images-per-trial", "21"], "exceeds the 20 test images"),
     (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
     (["--checkpoint", "OTHER"], "params differ"),
     (["--out", "EXISTING"], "different configuration"),

@@ -1,8 +1,11 @@
 """proact sweep --checkpoint DIR [--checkpoint DIR2 ...] --bers 1e-7,...,3e-5 --trials N
-[--format F] [--images N] [--ci-target PP] [--max-trials N] [--layer NAME] [--bits LO:HI]
-[--no-thresholds-faults] [--seed S] [--trial-batch B] [--mode auto|map|vmap] --out FILE
+[--format F] [--images N] [--images-per-trial M] [--ci-target PP] [--max-trials N]
+[--layer NAME] [--bits LO:HI] [--no-thresholds-faults] [--seed S] [--trial-batch B]
+[--mode auto|map|vmap] --out FILE
 
 Several checkpoints are compared paired (same trial keys); they must share the baseline's params.
+``--images N`` fixes the evaluation set (N test images); ``--images-per-trial M``
+evaluates each trial on a fresh random subset of M of those images (the same for every variant).
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ def add_arguments(p):
   p.add_argument("--trials", type=int, default=500,
                  help="trials per BER (with --ci-target: the minimum)")
   p.add_argument("--format", default="q15.16", help="q15.16 | qM.N | float32 | bf16 | fp16 | int8")
-  p.add_argument("--images", type=int, default=0, help="test images per trial (0: all)")
+  p.add_argument("--images", type=int, default=0, help="test images in the evaluation set (0: all)")
+  p.add_argument("--images-per-trial", type=int, default=None,
+                 help="evaluate each trial on a fresh random subset of M test images "
+                      "(default: all)")
   p.add_argument("--ci-target", type=float, default=None,
                  help="sequential mode: stop a BER once every 95%% CI half-width is <= PP "
                       "accuracy points")
@@ -86,6 +92,8 @@ def run(args) -> int:
     raise ValueError(f"--trials must be >= 1, got {args.trials}")
   if args.images < 0:
     raise ValueError(f"--images must be >= 0, got {args.images}")
+  if args.images_per_trial is not None and args.images_per_trial < 1:
+    raise ValueError(f"--images-per-trial must be >= 1, got {args.images_per_trial}")
   if args.ci_target is not None and not args.ci_target > 0:
     raise ValueError(f"--ci-target must be > 0 points, got {args.ci_target}")
   if args.max_trials is not None and args.max_trials < 1:
@@ -130,6 +138,9 @@ def run(args) -> int:
 
   data = checkpoint_data(metas[0], test_images=args.images, data_dir=args.data_dir)
   eval_set = make_eval_set(data.x_test, data.y_test)
+  m = args.images_per_trial
+  if m is not None and m > eval_set.n:
+    raise ValueError(f"--images-per-trial {m} exceeds the {eval_set.n} test images")
   sequential = args.ci_target is not None
   max_trials = (args.max_trials or 10 * args.trials) if sequential else args.trials
   if sequential and max_trials < args.trials:
@@ -139,9 +150,12 @@ def run(args) -> int:
       jax.random.PRNGKey(args.seed), variants, eval_set, bers, max_trials, fmt=fmt, space=space,
       results_path=out, ci_target=args.ci_target, min_trials=args.trials,
       max_trials=max_trials, chunk=args.chunk, progress=not args.quiet, config_extra=extra,
-      trial_batch=args.trial_batch, mode=args.mode)
+      trial_batch=args.trial_batch, mode=args.mode, images_per_trial=m)
   prefix = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
   csv_path, md_path = result.write_summary(prefix)
+  if m is not None:
+    print(f"trials use random subsets of {m} of the {eval_set.n} test images (a fresh subset "
+          "per trial; clean accuracy on all of them)")
   print(result.format_table())
   print(f"results: {out}; summary: {csv_path}, {md_path}", file=sys.stderr)
   return 0
