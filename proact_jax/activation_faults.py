@@ -21,7 +21,7 @@ from flax.core import unfreeze
 
 from proact_jax import faults
 from proact_jax.activations import ClippedAct
-from proact_jax.campaign import _check_bers, corrupt, make_plan
+from proact_jax.trial import check_bers, corrupt, make_plan
 from proact_jax.formats import DEFAULT_FORMAT, NumberFormat
 
 
@@ -38,7 +38,7 @@ def _capture(model, variables, x: jax.Array) -> dict[str, jax.Array]:
 
 
 def _activation_setup(model, variables, x, ber, fmt, space, layer):
-  _check_bers([ber])
+  check_bers([ber])
   space = space or faults.FaultSpace()
   if layer is not None:
     space = dataclasses.replace(space, layer=layer)

@@ -42,8 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import chex
 import jax
@@ -52,104 +51,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from proact_jax import faults, stats
-from proact_jax.activations import THRESHOLDS
 from proact_jax.evaluate import EvalSet, accuracy_and_loss, eval_apply, evaluate, take_images
 from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, get_format
 from proact_jax.results import (CampaignResult, ResultsStore, fingerprint, load_results,
                                 result_from_store)
+from proact_jax.trial import (FaultPlan, check_bers, check_images_per_trial, corrupt,
+                              make_plan, trial_image_indices)
 
 MODES = ("auto", "map", "vmap")
 __all__ = ["MODES", "CampaignResult", "FaultPlan", "accuracy_under_faults", "corrupt",
            "load_results", "make_plan", "run_campaign", "trial_image_indices"]
-
-
-@dataclasses.dataclass(frozen=True)
-class FaultPlan:
-  """Static description of one variant's corruption (hashable).
-
-  Attributes:
-    fmt: the number format.
-    weights: fault space of the non-threshold collections (None: no weight faults).
-    thresholds: fault space of the thresholds collection (None: none, e.g. a relu model).
-    cap_weights, cap_thresholds: static flip caps at the campaign's largest BER.
-    bits_weights, bits_thresholds: number of stored bits in each space.
-  """
-  fmt: NumberFormat
-  weights: faults.FaultSpace | None
-  thresholds: faults.FaultSpace | None
-  cap_weights: int = 0
-  cap_thresholds: int = 0
-  bits_weights: int = 0
-  bits_thresholds: int = 0
-
-
-def _subspace(variables, space: faults.FaultSpace, collections: tuple) -> faults.FaultSpace | None:
-  if not collections:
-    return None
-  sub = dataclasses.replace(space, collections=collections)
-  try:
-    leaves = faults.fault_leaves(variables, sub)
-  except ValueError:  # the layer filter matches nothing in these collections
-    return None
-  return sub if leaves else None
-
-
-def make_plan(variables, fmt: str | NumberFormat = DEFAULT_FORMAT,
-              space: faults.FaultSpace | None = None, max_ber: float = 1e-4,
-              require_match: bool = True) -> FaultPlan:
-  """Splits ``space`` into weights and thresholds and sizes the static caps for ``max_ber``.
-
-  Raises:
-    ValueError: bad bit range, or (``require_match``) a layer filter that matches nothing.
-  """
-  fmt = get_format(fmt)
-  space = space or faults.FaultSpace()
-  space.bit_range(fmt)
-  cols = tuple(space.collections)
-  w = _subspace(variables, space, tuple(c for c in cols if c != THRESHOLDS))
-  t = _subspace(variables, space, (THRESHOLDS,) if THRESHOLDS in cols else ())
-  if require_match and space.layer is not None and w is None and t is None:
-    faults.fault_leaves(variables, space)  # raises with the list of layer names
-  bw = faults.count_bits(variables, fmt, w) if w else 0
-  bt = faults.count_bits(variables, fmt, t) if t else 0
-  return FaultPlan(fmt, w, t, faults.default_cap(bw, max_ber) if bw else 0,
-                   faults.default_cap(bt, max_ber) if bt else 0, bw, bt)
-
-
-def corrupt(key: chex.PRNGKey, variables, ber: Any, plan: FaultPlan, *,
-            prequantized: bool = False, aux: dict | None = None):
-  """One trial's corruption: ``(variables, n_flips_weights, n_flips_thresholds)``.
-
-  Weights use ``fold_in(key, 0)``, thresholds ``fold_in(key, 1)``; ``ber`` may be traced.
-  ``prequantized``, ``aux``: ``variables, aux = faults.quantize_with_aux(v, plan.fmt, space)``
-  (see ``faults.flip_bits``; the same result as ``corrupt`` on ``v``, faster).
-  """
-  nw = nt = jnp.int32(0)
-  for i, (sub, cap) in enumerate(((plan.weights, plan.cap_weights),
-                                  (plan.thresholds, plan.cap_thresholds))):
-    if sub is not None:
-      variables, n = faults.flip_bits(jax.random.fold_in(key, i), variables, ber, plan.fmt, sub,
-                                      max_flips=cap, prequantized=prequantized, aux=aux)
-      nw, nt = (n, nt) if i == 0 else (nw, n)
-  return variables, nw, nt
-
-
-def trial_image_indices(key: chex.PRNGKey, n: int, m: int) -> jax.Array:
-  """``m`` distinct indices in ``[0, n)``, uniform without replacement (traceable; static n, m).
-
-  The campaign calls it with ``fold_in(trial_key, 2)``.
-  """
-  return jax.random.permutation(key, int(n))[:int(m)]
-
-
-def _check_images(images_per_trial, n: int) -> int | None:
-  m = images_per_trial
-  if m is None:
-    return None
-  if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= n:
-    raise ValueError(f"images_per_trial must be an integer in [1, {n}] (the eval set's "
-                     f"images), got {m!r}")
-  return int(m)
 
 
 def _resolve_mode(mode: str) -> str:
@@ -206,7 +117,7 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
   ``clean``: ``faults.quantize_with_aux(variables, plan.fmt, space)``. ``images_per_trial``:
   evaluate each trial on that many random images of ``data`` (None: all of them).
   """
-  m = _check_images(images_per_trial, int(data.n))
+  m = check_images_per_trial(images_per_trial, int(data.n))
   n_dev = jax.device_count()
   trials = np.asarray(trials, np.int32)
   size = max(size or len(trials), len(trials))
@@ -228,19 +139,6 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
   return acc, loss, nw, nt
 
 
-def _check_bers(bers) -> list[float]:
-  try:
-    out = [float(b) for b in np.atleast_1d(np.asarray(bers, np.float64))]
-  except (TypeError, ValueError):
-    raise ValueError(f"bit error rates must be numbers, got {bers!r}") from None
-  if not out:
-    raise ValueError("need at least one bit error rate")
-  for b in out:
-    if not 0.0 <= b <= 1.0 or math.isnan(b):
-      raise ValueError(f"bit error rate must be in [0, 1], got {b}")
-  return out
-
-
 def accuracy_under_faults(key: chex.PRNGKey, model, variables, eval_set: EvalSet, bers, trials,
                           *, fmt: str | NumberFormat = DEFAULT_FORMAT,
                           space: faults.FaultSpace | None = None,
@@ -251,10 +149,10 @@ def accuracy_under_faults(key: chex.PRNGKey, model, variables, eval_set: EvalSet
   Trial ``t`` at BER index ``b`` uses ``fold_in(fold_in(key, b), t)`` (see module docstring).
   ``images_per_trial``: evaluate each trial on a fresh random subset of that many images.
   """
-  bers = _check_bers(bers)
+  bers = check_bers(bers)
   if int(trials) < 1:
     raise ValueError(f"trials must be >= 1, got {trials}")
-  images_per_trial = _check_images(images_per_trial, int(eval_set.n))
+  images_per_trial = check_images_per_trial(images_per_trial, int(eval_set.n))
   mode = _resolve_mode(mode)
   plan = make_plan(variables, fmt, space, max(bers))
   clean = faults.quantize_with_aux(variables, plan.fmt, space or faults.FaultSpace())
@@ -311,14 +209,14 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
     ValueError: bad BERs, trial counts, images per trial, format, bit range, layer filter, or a
       results file from a different configuration. Nothing is written before the inputs are validated.
   """
-  bers = _check_bers(bers)
+  bers = check_bers(bers)
   if not variants:
     raise ValueError("need at least one variant")
   if int(trials) < 1:
     raise ValueError(f"trials must be >= 1, got {trials}")
   if ci_target is not None and not ci_target > 0:
     raise ValueError(f"the CI half-width target must be > 0 points, got {ci_target}")
-  images_per_trial = _check_images(images_per_trial, int(eval_set.n))
+  images_per_trial = check_images_per_trial(images_per_trial, int(eval_set.n))
   mode = _resolve_mode(mode)
   fmt = get_format(fmt)
   space = space or faults.FaultSpace()

@@ -1,0 +1,130 @@
+"""One trial's fault plan: what a campaign trial corrupts, with which key, on which images.
+
+A :class:`FaultPlan` splits a fault space into the weights (every collection but
+``thresholds``) and the thresholds, with static flip caps sized at the campaign's largest BER.
+:func:`corrupt` applies one trial's faults: weights with ``fold_in(trial_key, 0)``, thresholds
+with ``fold_in(trial_key, 1)``, so variants sharing a baseline's params receive identical weight
+faults. :func:`trial_image_indices` draws a trial's image subset (the campaign calls it with
+``fold_in(trial_key, 2)``). Used by :mod:`proact_jax.campaign` and
+:mod:`proact_jax.activation_faults`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from proact_jax import faults
+from proact_jax.activations import THRESHOLDS
+from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, get_format
+
+__all__ = ["FaultPlan", "check_bers", "check_images_per_trial", "corrupt", "make_plan",
+           "trial_image_indices"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultPlan:
+  """Static description of one variant's corruption (hashable).
+
+  Attributes:
+    fmt: the number format.
+    weights: fault space of the non-threshold collections (None: no weight faults).
+    thresholds: fault space of the thresholds collection (None: none, e.g. a relu model).
+    cap_weights, cap_thresholds: static flip caps at the campaign's largest BER.
+    bits_weights, bits_thresholds: number of stored bits in each space.
+  """
+  fmt: NumberFormat
+  weights: faults.FaultSpace | None
+  thresholds: faults.FaultSpace | None
+  cap_weights: int = 0
+  cap_thresholds: int = 0
+  bits_weights: int = 0
+  bits_thresholds: int = 0
+
+
+def _subspace(variables, space: faults.FaultSpace, collections: tuple) -> faults.FaultSpace | None:
+  if not collections:
+    return None
+  sub = dataclasses.replace(space, collections=collections)
+  try:
+    leaves = faults.fault_leaves(variables, sub)
+  except ValueError:  # the layer filter matches nothing in these collections
+    return None
+  return sub if leaves else None
+
+
+def make_plan(variables, fmt: str | NumberFormat = DEFAULT_FORMAT,
+              space: faults.FaultSpace | None = None, max_ber: float = 1e-4,
+              require_match: bool = True) -> FaultPlan:
+  """Splits ``space`` into weights and thresholds and sizes the static caps for ``max_ber``.
+
+  Raises:
+    ValueError: bad bit range, or (``require_match``) a layer filter that matches nothing.
+  """
+  fmt = get_format(fmt)
+  space = space or faults.FaultSpace()
+  space.bit_range(fmt)
+  cols = tuple(space.collections)
+  w = _subspace(variables, space, tuple(c for c in cols if c != THRESHOLDS))
+  t = _subspace(variables, space, (THRESHOLDS,) if THRESHOLDS in cols else ())
+  if require_match and space.layer is not None and w is None and t is None:
+    faults.fault_leaves(variables, space)  # raises with the list of layer names
+  bw = faults.count_bits(variables, fmt, w) if w else 0
+  bt = faults.count_bits(variables, fmt, t) if t else 0
+  return FaultPlan(fmt, w, t, faults.default_cap(bw, max_ber) if bw else 0,
+                   faults.default_cap(bt, max_ber) if bt else 0, bw, bt)
+
+
+def corrupt(key: chex.PRNGKey, variables, ber: Any, plan: FaultPlan, *,
+            prequantized: bool = False, aux: dict | None = None):
+  """One trial's corruption: ``(variables, n_flips_weights, n_flips_thresholds)``.
+
+  Weights use ``fold_in(key, 0)``, thresholds ``fold_in(key, 1)``; ``ber`` may be traced.
+  ``prequantized``, ``aux``: ``variables, aux = faults.quantize_with_aux(v, plan.fmt, space)``
+  (see ``faults.flip_bits``; the same result as ``corrupt`` on ``v``, faster).
+  """
+  nw = nt = jnp.int32(0)
+  for i, (sub, cap) in enumerate(((plan.weights, plan.cap_weights),
+                                  (plan.thresholds, plan.cap_thresholds))):
+    if sub is not None:
+      variables, n = faults.flip_bits(jax.random.fold_in(key, i), variables, ber, plan.fmt, sub,
+                                      max_flips=cap, prequantized=prequantized, aux=aux)
+      nw, nt = (n, nt) if i == 0 else (nw, n)
+  return variables, nw, nt
+
+
+def trial_image_indices(key: chex.PRNGKey, n: int, m: int) -> jax.Array:
+  """``m`` distinct indices in ``[0, n)``, uniform without replacement (traceable; static n, m).
+
+  The campaign calls it with ``fold_in(trial_key, 2)``.
+  """
+  return jax.random.permutation(key, int(n))[:int(m)]
+
+
+def check_images_per_trial(images_per_trial, n: int) -> int | None:
+  m = images_per_trial
+  if m is None:
+    return None
+  if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= n:
+    raise ValueError(f"images_per_trial must be an integer in [1, {n}] (the eval set's "
+                     f"images), got {m!r}")
+  return int(m)
+
+
+def check_bers(bers) -> list[float]:
+  try:
+    out = [float(b) for b in np.atleast_1d(np.asarray(bers, np.float64))]
+  except (TypeError, ValueError):
+    raise ValueError(f"bit error rates must be numbers, got {bers!r}") from None
+  if not out:
+    raise ValueError("need at least one bit error rate")
+  for b in out:
+    if not 0.0 <= b <= 1.0 or math.isnan(b):
+      raise ValueError(f"bit error rate must be in [0, 1], got {b}")
+  return out
