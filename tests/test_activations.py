@@ -9,7 +9,8 @@ RNG = np.random.default_rng(0)
 
 
 def _np_smooth(x, lam, k=20.0):
-  return np.maximum(x / (1 + np.exp(-k * (lam - x))), 0)
+  with np.errstate(over="ignore"):  # exp overflows to inf far above lam: x / inf = 0, exact
+    return np.maximum(x / (1 + np.exp(-k * (lam - x))), 0)
 
 
 REFS = {
