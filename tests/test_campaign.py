@@ -162,14 +162,21 @@ class _Stop(Exception):
   pass
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, reference):
-  path = str(tmp_path / "r.jsonl")
+def _stop_at_third_chunk():
+  """An ``on_chunk`` callback that interrupts the campaign after its third saved chunk."""
   calls = []
 
   def boom(name, b, trials):
     calls.append((name, b))
     if len(calls) == 3:
       raise _Stop
+
+  return calls, boom
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, reference):
+  path = str(tmp_path / "r.jsonl")
+  calls, boom = _stop_at_third_chunk()
 
   with pytest.raises(_Stop):
     campaign.run_campaign(KEY, VARIANTS, DATA, BERS, 6, progress=False, chunk=6,
@@ -300,12 +307,7 @@ def test_subset_results_do_not_depend_on_batching(subset_reference):
 
 def test_subset_resume_and_chunks_equal_the_uninterrupted_run(tmp_path, subset_reference):
   path = str(tmp_path / "s.jsonl")
-  calls = []
-
-  def boom(name, b, trials):
-    calls.append((name, b))
-    if len(calls) == 3:
-      raise _Stop
+  calls, boom = _stop_at_third_chunk()
 
   kw = dict(progress=False, chunk=7, results_path=path, images_per_trial=SUB_M)
   with pytest.raises(_Stop):
