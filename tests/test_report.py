@@ -30,11 +30,14 @@ EXTRA = {"model": "small_cnn", "dataset": "digits", "n_params": 1000, "images": 
          "variants": INFO}
 
 
-def write_campaign(path, acc=ACC, clean=CLEAN, extra=EXTRA, bers=BERS, prints=None):
+def write_campaign(path, acc=ACC, clean=CLEAN, extra=EXTRA, bers=BERS, prints=None,
+                   images_per_trial=None):
   prints = prints or {}
   config = {"version": 1, "key": [0, 0], "bers": bers, "format": "q15.16", "space": {},
             "variants": {v: {"model": "m", "fingerprint": prints.get(v, v)} for v in acc},
             "eval_set": {"n": 100, "hash": "h"}, "extra": extra}
+  if images_per_trial is not None:
+    config["images_per_trial"] = images_per_trial
   store = ResultsStore(str(path), config, {"reference": "relu"})
   for v, per_ber in acc.items():
     store.add_clean(v, clean[v], 0.1)
@@ -133,6 +136,14 @@ def test_ber_selection_reference_and_byte_identical_regeneration(inputs, tmp_pat
   assert sorted(a) == sorted(b)
   for name in a:
     assert open(a[name], "rb").read() == open(b[name], "rb").read(), name
+
+
+def test_report_says_when_trials_used_image_subsets(inputs, tmp_path):
+  full = open(report.write_report(inputs, str(tmp_path / "full"))["report.md"]).read()
+  assert "images_per_trial" not in full
+  sub = write_campaign(tmp_path / "sub.jsonl", images_per_trial=40)
+  text = open(report.write_report([sub], str(tmp_path / "sub"))["report.md"]).read()
+  assert "random subset of 40 of the 100 test images (`images_per_trial`)" in text
 
 
 def test_merges_campaigns_of_one_model(tmp_path):
