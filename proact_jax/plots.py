@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 _METADATA = {"png": {"Software": None},
              "pdf": {"Creator": None, "Producer": None, "CreationDate": None}}
@@ -120,13 +121,16 @@ def plot_histograms(hists: Mapping[str, Mapping[str, Any]], path: str | Sequence
     note = f", {h['n_nonfinite']} non-finite" if h.get("n_nonfinite") else ""
     ax_hi.set_title(f"{site}: values > 1{note}", fontsize=9)
     if h["edges_high"]:
-      ax_hi.set_xscale("log")
+      if h["edges_high"][-1] > 10 * h["edges_high"][0]:  # a log x axis only over > 1 decade
+        ax_hi.set_xscale("log")
+        ax_hi.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax_hi.xaxis.set_minor_formatter(NullFormatter())
       ax_hi.set_yscale("log", nonpositive="mask")
     else:
       ax_hi.text(0.5, 0.5, "no values > 1", ha="center", va="center", transform=ax_hi.transAxes)
     ax_lo.set_ylabel("fraction")
   axes[-1][0].set_xlabel("activation value")
-  axes[-1][1].set_xlabel("activation value (log)")
+  axes[-1][1].set_xlabel("activation value")
   if title:
     fig.suptitle(title)
   return save_figure(fig, path)
