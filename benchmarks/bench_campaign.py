@@ -25,8 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import proact_jax as pj
-from proact_jax import campaign, faults, stats
+from proact_jax import campaign, faults
 from proact_jax.evaluate import _evaluate_jit, eval_apply, make_eval_set
+
+from budget_plan import trials_needed, variance_terms  # benchmarks/ is on sys.path when run
 
 PAPER_BERS = [1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5]
 
@@ -101,12 +103,11 @@ def bench_budget(checkpoint: str, max_trials: int, target_pp: float,
         + (f"trials on random subsets of {m}, " if images_per_trial else "")
         + f"target {target_pp} pp, max {max_trials} trials/BER ({wall:.0f} s):")
   for r, acc in zip(rows, res.accuracies("relu")):
-    # variance decomposition: per-trial accuracy on m fresh images of N has variance
-    # Var_fault + E[p(1-p)] (N-m)/((N-1) m); with all N images, Var_fault ~= var - E[p(1-p)]/N
-    vimg = float(np.mean(acc * (1 - acc)))
-    term = vimg * ((data.n - m) / ((data.n - 1) * m) if images_per_trial else 1 / data.n)
-    vfault = max(0.0, float(np.var(acc, ddof=1)) - term)
-    need = stats.sample_size_from_std(np.sqrt(vfault + term), target_pp / 100)
+    # variance decomposition (budget_plan.py): per-trial accuracy on m fresh images of N has
+    # variance Var_fault + Var_image (N-m)/((N-1) m); with all N images the image term is 0
+    vfault, vimg = variance_terms(acc, data.n, images_per_trial)
+    term = vimg * (data.n - m) / ((data.n - 1) * m)
+    need = trials_needed(vfault, vimg, m, data.n, target_pp / 100)
     print(f"    BER {r['ber']:.0e}: n={r['n']:4d} mean {100 * r['mean']:.2f}% "
           f"half-width {100 * r['half_width']:.2f} pp; sd_fault {100 * np.sqrt(vfault):.2f} pp, "
           f"image term sd {100 * np.sqrt(term):.2f} pp; "

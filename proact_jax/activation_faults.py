@@ -21,8 +21,8 @@ from flax.core import unfreeze
 
 from proact_jax import faults
 from proact_jax.activations import ClippedAct
-from proact_jax.trial import check_bers, corrupt, make_plan
 from proact_jax.formats import DEFAULT_FORMAT, NumberFormat
+from proact_jax.trial import check_bers, corrupt, make_plan
 
 
 def _site_name(path: tuple) -> str:
@@ -35,6 +35,12 @@ def _capture(model, variables, x: jax.Array) -> dict[str, jax.Array]:
                          capture_intermediates=lambda mdl, _: isinstance(mdl, ClippedAct))
   flat = traverse_util.flatten_dict(unfreeze(state["intermediates"]))
   return {_site_name(p): v[0] if isinstance(v, tuple) else v for p, v in flat.items()}
+
+
+def _faulty_activations(model, plan, bkey, t, clean, aux, ber, x) -> dict[str, jax.Array]:
+  """Site outputs under trial ``t``'s corruption (``bkey`` = the BER's key)."""
+  v, _, _ = corrupt(jax.random.fold_in(bkey, t), clean, ber, plan, prequantized=True, aux=aux)
+  return _capture(model, v, x)
 
 
 def _activation_setup(model, variables, x, ber, fmt, space, layer):
@@ -75,8 +81,7 @@ def _distance_runner(model, plan, trials: int):
   @jax.jit
   def run(clean, aux, ref, x, ber, bkey):
     def one(t):
-      v, _, _ = corrupt(jax.random.fold_in(bkey, t), clean, ber, plan, prequantized=True, aux=aux)
-      acts = _capture(model, v, x)
+      acts = _faulty_activations(model, plan, bkey, t, clean, aux, ber, x)
       return {s: jnp.mean(jnp.sum(jnp.square(acts[s] - ref[s]).reshape(x.shape[0], -1), -1))
               for s in ref}
     return jax.lax.map(one, jnp.arange(trials))
@@ -103,8 +108,7 @@ def activation_samples(key: chex.PRNGKey, model, variables, x, ber: float, *,
   @jax.jit
   def run(clean, aux, x, ber):
     def one(t):
-      v, _, _ = corrupt(jax.random.fold_in(bkey, t), clean, ber, plan, prequantized=True, aux=aux)
-      acts = _capture(model, v, x)
+      acts = _faulty_activations(model, plan, bkey, t, clean, aux, ber, x)
       return {s: acts[s].reshape(-1)[picks[s]] for s in ref}
     return jax.lax.map(one, jnp.arange(int(trials)))
 
