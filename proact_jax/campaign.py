@@ -115,9 +115,10 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
   """Runs the given trial indices (padded to ``size`` and to a multiple of the device count).
 
   ``clean``: ``faults.quantize_with_aux(variables, plan.fmt, space)``. ``images_per_trial``:
-  evaluate each trial on that many random images of ``data`` (None: all of them).
+  evaluate each trial on that many random images of ``data`` (None: all of them); the callers
+  validate it with ``check_images_per_trial``.
   """
-  m = check_images_per_trial(images_per_trial, int(data.n))
+  m = images_per_trial
   n_dev = jax.device_count()
   trials = np.asarray(trials, np.int32)
   size = max(size or len(trials), len(trials))

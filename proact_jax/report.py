@@ -323,12 +323,11 @@ def write_report(paths: Sequence[str], out_dir: str, bers: Sequence[float] | Non
   written, sections = {}, ["# ProAct report\n", "Inputs: " + ", ".join(
       f"`{os.path.basename(p)}` ({g.name})" for g in groups for p in g.paths) + "\n", intro + "\n"]
   campaigns = [g for g in groups if g.campaign is not None]
-  for g in campaigns:  # only campaigns run with image subsets get this line
-    m = g.campaign.config.get("images_per_trial")
-    if m is not None:
-      sections.insert(2, f"Campaign trials of {g.name} are each evaluated on a fresh random "
-                         f"subset of {m} of the {g.campaign.config['eval_set']['n']} test images "
-                         f"(`images_per_trial`); clean accuracies use all of them.\n")
+  sections[2:2] = [  # only campaigns run with image subsets get this line, in input order
+      f"Campaign trials of {g.name} are each evaluated on a fresh random subset of "
+      f"{g.campaign.config['images_per_trial']} of the {g.campaign.config['eval_set']['n']} "
+      "test images (`images_per_trial`); clean accuracies use all of them.\n"
+      for g in campaigns if g.campaign.config.get("images_per_trial") is not None]
   tables = [("table5_activation_distance", "Table V: mean squared L2 distance of activations",
              *reversed(table5(groups)))]
   if campaigns:
