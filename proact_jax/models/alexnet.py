@@ -7,6 +7,7 @@ import flax.linen as nn
 import jax
 
 from proact_jax.activations import Activation
+from proact_jax.models.fast_ops import Conv, max_pool_2x2
 from proact_jax.models.registry import register_model
 
 
@@ -17,12 +18,12 @@ class AlexNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
-    pool = lambda y: nn.max_pool(y, (2, 2), strides=(2, 2))
-    x = pool(self.act(name="act0")(nn.Conv(64, (3, 3), strides=2, padding=1)(x)))
-    x = pool(self.act(name="act1")(nn.Conv(192, (3, 3), padding=2)(x)))
-    x = self.act(name="act2")(nn.Conv(384, (3, 3), padding=1)(x))
-    x = self.act(name="act3")(nn.Conv(256, (3, 3), padding=1)(x))
-    x = pool(self.act(name="act4")(nn.Conv(256, (3, 3), padding=1)(x)))
+    pool = max_pool_2x2
+    x = pool(self.act(name="act0")(Conv(64, (3, 3), strides=2, padding=1)(x)))
+    x = pool(self.act(name="act1")(Conv(192, (3, 3), padding=2)(x)))
+    x = self.act(name="act2")(Conv(384, (3, 3), padding=1)(x))
+    x = self.act(name="act3")(Conv(256, (3, 3), padding=1)(x))
+    x = pool(self.act(name="act4")(Conv(256, (3, 3), padding=1)(x)))
     x = x.reshape((x.shape[0], -1))
     x = self.act(name="act5")(nn.Dense(4096)(x))
     x = self.act(name="act6", last=True)(nn.Dense(4096)(x))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from proact_jax.activations import Activation
+from proact_jax.models.fast_ops import Conv
 from proact_jax.models.registry import register_model
 
 
@@ -23,12 +24,12 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    y = nn.Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False)(x)
+    y = Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False)(x)
     y = self.act(name="act0")(_bn(train)(y))
-    y = nn.Conv(self.filters, (3, 3), padding=1, use_bias=False)(y)
+    y = Conv(self.filters, (3, 3), padding=1, use_bias=False)(y)
     y = _bn(train)(y)
     if x.shape != y.shape:
-      x = nn.Conv(self.filters, (1, 1), self.strides, use_bias=False)(x)
+      x = Conv(self.filters, (1, 1), self.strides, use_bias=False)(x)
       x = _bn(train)(x)
     return self.act(name="act1", last=self.last)(x + y)
 
@@ -41,14 +42,14 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    y = nn.Conv(self.filters, (1, 1), use_bias=False)(x)
+    y = Conv(self.filters, (1, 1), use_bias=False)(x)
     y = self.act(name="act0")(_bn(train)(y))
-    y = nn.Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False)(y)
+    y = Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False)(y)
     y = self.act(name="act1")(_bn(train)(y))
-    y = nn.Conv(self.filters * 4, (1, 1), use_bias=False)(y)
+    y = Conv(self.filters * 4, (1, 1), use_bias=False)(y)
     y = _bn(train)(y)
     if x.shape != y.shape:
-      x = nn.Conv(self.filters * 4, (1, 1), self.strides, use_bias=False)(x)
+      x = Conv(self.filters * 4, (1, 1), self.strides, use_bias=False)(x)
       x = _bn(train)(x)
     return self.act(name="act2", last=self.last)(x + y)
 
@@ -62,7 +63,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False)(x)
+    x = Conv(self.widths[0], (3, 3), padding=1, use_bias=False)(x)
     x = self.act(name="stem_act")(_bn(train)(x))
     n_stages = len(self.stage_sizes)
     for s, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 
 from proact_jax.activations import Activation
+from proact_jax.models.fast_ops import Conv, max_pool_2x2
 from proact_jax.models.registry import register_model
 
 _CFG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -20,9 +21,9 @@ class VGG(nn.Module):
     i = 0
     for c in self.cfg:
       if c == "M":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool_2x2(x)
         continue
-      x = nn.Conv(c, (3, 3), padding=1)(x)
+      x = Conv(c, (3, 3), padding=1)(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
       x = self.act(name=f"act{i}", last=(i == n_convs - 1))(x)
       i += 1
