@@ -26,6 +26,13 @@ class UsageError(ValueError):
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="proact", description=__doc__.splitlines()[0])
+  g = parser.add_argument_group(
+      "multi-process runs", "run one `proact` per host (or process) with the same command and "
+      "these options; `jax.distributed.initialize` joins them (CPU hosts talk over gloo)")
+  g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                 help="address of process 0's coordinator service")
+  g.add_argument("--num-processes", type=int, default=None, metavar="N")
+  g.add_argument("--process-id", type=int, default=None, metavar="I")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
   for name, help_text in COMMANDS.items():
     try:
@@ -47,6 +54,7 @@ def main(argv=None) -> int:
     parser.print_help()
     return 2
   try:
+    _init_distributed(args)
     return int(args._run(args) or 0)
   except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
           PermissionError, IsADirectoryError) as e:
@@ -56,6 +64,22 @@ def main(argv=None) -> int:
     print(f"proact {args.command}: interrupted; progress written so far is kept and the command "
           "resumes where it stopped when run again", file=sys.stderr)
     return 130
+
+
+def _init_distributed(args) -> None:
+  """Joins a multi-process run when ``--coordinator`` (or any of its companions) is given."""
+  given = [args.coordinator, args.num_processes, args.process_id]
+  if all(v is None for v in given):
+    return
+  if any(v is None for v in given):
+    raise ValueError("--coordinator, --num-processes and --process-id go together")
+  if args.num_processes < 1 or not 0 <= args.process_id < args.num_processes:
+    raise ValueError(f"--process-id {args.process_id} must be in [0, --num-processes "
+                     f"{args.num_processes})")
+  import jax
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU cross-process collectives
+  jax.distributed.initialize(args.coordinator, num_processes=args.num_processes,
+                             process_id=args.process_id)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,8 @@ def run(args) -> int:
       results_path=out, ci_target=args.ci_target, min_trials=args.trials,
       max_trials=max_trials, chunk=args.chunk, progress=not args.quiet, config_extra=extra,
       trial_batch=args.trial_batch, mode=args.mode, images_per_trial=m)
+  if jax.process_index() != 0:  # multi-process: process 0 writes and reports
+    return 0
   prefix = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
   csv_path, md_path = result.write_summary(prefix)
   if m is not None:

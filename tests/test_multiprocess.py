@@ -1,0 +1,76 @@
+"""A real two-process campaign: two `proact` processes joined by `jax.distributed` on this machine
+(a localhost coordinator, gloo CPU collectives) write the same results file, byte for byte, as one
+process with two devices, and the same trials as one process with one device."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import proact_jax as pj
+from proact_jax import checkpoint as ckpt
+
+META = {"model": "small_cnn", "num_classes": 10, "input_shape": [8, 8, 1], "dataset": "digits",
+        "mean": [0.3], "std": [0.37], "n_val": 100, "kind": "relu", "granularity": "layer",
+        "config": {"seed": 0}}
+SWEEP = ["sweep", "--bers", "1e-3,1e-2", "--trials", "6", "--images", "200", "--quiet"]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _env(devices: int) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def _proact(*argv) -> list[str]:
+  return [sys.executable, "-m", "proact_jax.cli", *argv]
+
+
+def _trials(path):
+  with open(path) as f:
+    return [r for r in map(json.loads, f) if r["type"] == "trial"]
+
+
+def test_two_processes_equal_one_process(tmp_path):
+  base = str(tmp_path / "base")
+  model = pj.create_model("small_cnn", 10)
+  ckpt.save_checkpoint(base, model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1))), META)
+  two = str(tmp_path / "two.jsonl")
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _proact("--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id",
+              str(i), *SWEEP, "--checkpoint", base, "--out", two),
+      env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+  one_two_dev = str(tmp_path / "one_two_devices.jsonl")
+  one_one_dev = str(tmp_path / "one_one_device.jsonl")
+  for path, devices in ((one_two_dev, 2), (one_one_dev, 1)):
+    r = subprocess.run(_proact(*SWEEP, "--checkpoint", base, "--out", path), env=_env(devices),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+  with open(two, "rb") as a, open(one_two_dev, "rb") as b:
+    assert a.read() == b.read()   # byte for byte (both record "devices": 2)
+  assert _trials(two) == _trials(one_one_dev)   # the trials do not depend on the device count
+  assert len(_trials(two)) == 2 * 6
+  # only process 0 wrote the summary and printed the table
+  assert outs[0][0].count("| relu |") == 2 and "| relu |" not in outs[1][0]
+
+
+def test_distributed_options_go_together(capsys):
+  from proact_jax import cli
+  rc = cli.main(["--num-processes", "2", "sweep", "--checkpoint", "x", "--out", "y"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and "go together" in err[0]
