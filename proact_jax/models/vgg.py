@@ -3,7 +3,7 @@
 import flax.linen as nn
 import jax
 
-from proact_jax.activations import Activation
+from proact_jax.core.activations import Activation
 from proact_jax.models.registry import register_model
 
 _CFG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")

@@ -13,7 +13,7 @@ Definitions (accuracies are top-1 fractions; tables print percent / percentage p
   checkpoint's); its 95 % CI is the t interval of the mean, mirrored. The paired difference vs
   the reference variant (same fault draws) with its CI is what decides orderings.
 * Table V, mean squared L2 distance ``||a_faulty - a_clean||^2`` per image at the last
-  activation site, faults in one layer at a time (:mod:`proact_jax.activation_stats`).
+  activation site, faults in one layer at a time (:mod:`proact_jax.report.activation_stats`).
 
 Several campaign files of one model/dataset are merged when they share every setting but their
 variants (and agree on the variants they share); files of different models/datasets are grouped.
@@ -28,9 +28,9 @@ import os
 import re
 from typing import Sequence
 
-from proact_jax import plots
-from proact_jax.results import CampaignResult, _differences, load_results
-from proact_jax.table_format import (  # noqa: F401  (markdown_table re-exported)
+from proact_jax.faults.results import CampaignResult, _differences, load_results
+from proact_jax.report import plots
+from proact_jax.report.table_format import (  # noqa: F401  (markdown_table re-exported)
     _ber, _ci, _col, _md, _num, _pct, csv_text, markdown_table)
 
 @dataclasses.dataclass

@@ -21,7 +21,7 @@ clean value ``fmt.quantize(w)``, bit for bit. With ``prequantized=True`` the inj
 clean tree (:func:`quantize_with_aux`) as it is and encode only the hit values: O(cap) work plus
 the scatter's copy per leaf instead of re-encoding every value in every trial.
 
-The count and position sampling lives in :mod:`proact_jax.fault_sampling`.
+The count and position sampling lives in :mod:`proact_jax.faults.sampling`.
 
 Under ``vmap`` (not ``lax.map``) the ``cond`` becomes a select and the dense path's O(n_values)
 set-up runs for every trial (its loop still runs only for trials that need it).
@@ -40,9 +40,9 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
-from proact_jax.fault_sampling import (  # noqa: F401  (public names re-exported)
+from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, _to_twos, get_format
+from proact_jax.faults.sampling import (  # noqa: F401  (public names re-exported)
     _check_prob, _choose, _resolve_cap, default_cap, sample_count, sample_flip_masks)
-from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, _to_twos, get_format
 
 _OPS = {"flip": lambda b, m: b ^ m, "set1": lambda b, m: b | m, "set0": lambda b, m: b & ~m}
 
