@@ -24,17 +24,15 @@ LAYERS = ("version", "core", "data", "models", "training", "faults", "methods", 
 MAX_LINES = 400
 
 # `import proact_jax as pj` exposes exactly these names (unchanged by the 0.2 layout).
-PUBLIC = {
-    "ACT_STATS", "DATASETS", "GRANULARITIES", "KINDS", "MODELS", "THRESHOLDS", "Activation",
-    "ClippedAct", "Dataset", "EvalSet", "FaultSpace", "NumberFormat", "activation_fn", "augment",
-    "channel_stats", "clip_to_threshold", "clip_to_zero", "count", "create_model", "evaluate",
-    "flip_bits", "flip_n", "get_format", "get_site", "iterate_batches", "kd_loss", "kd_loss_jit",
-    "kl_divergence", "l2_thresholds", "layer_max", "load_checkpoint", "load_dataset",
-    "make_eval_set", "memory_overhead", "merge", "normalize", "predict", "profile_max",
-    "quantize_tree", "register_model", "relu", "save_checkpoint", "set_site", "site_mask",
-    "site_names", "site_optimizer", "site_order", "smooth_clip", "split", "split_train_val",
-    "stuck_at", "subset", "thresholds_from_profile", "toolbox_floor_flips",
-}
+PUBLIC = set("""
+    ACT_STATS Activation ClippedAct DATASETS Dataset EvalSet FaultSpace GRANULARITIES KINDS MODELS
+    NumberFormat THRESHOLDS activation_fn augment channel_stats clip_to_threshold clip_to_zero
+    count create_model evaluate flip_bits flip_n get_format get_site iterate_batches kd_loss
+    kd_loss_jit kl_divergence l2_thresholds layer_max load_checkpoint load_dataset make_eval_set
+    memory_overhead merge normalize predict profile_max quantize_tree register_model relu
+    save_checkpoint set_site site_mask site_names site_optimizer site_order smooth_clip split
+    split_train_val stuck_at subset thresholds_from_profile toolbox_floor_flips
+""".split())
 
 # The 0.1 flat module paths, removed in 0.2 (no alias modules).
 OLD_MODULES = ("activation_faults", "activation_stats", "activations", "campaign", "checkpoint",
