@@ -13,7 +13,7 @@ Definitions (accuracies are top-1 fractions; tables print percent / percentage p
   checkpoint's); its 95 % CI is the t interval of the mean, mirrored. The paired difference vs
   the reference variant (same fault draws) with its CI is what decides orderings.
 * Table V, mean squared L2 distance ``||a_faulty - a_clean||^2`` per image at the last
-  activation site, faults in one layer at a time (:mod:`proact_jax.report.activation_stats`).
+  activation site, faults in one layer at a time (:mod:`proact_jax.activation_stats`).
 
 Several campaign files of one model/dataset are merged when they share every setting but their
 variants (and agree on the variants they share); files of different models/datasets are grouped.
@@ -318,6 +318,9 @@ def write_report(paths: Sequence[str], out_dir: str, bers: Sequence[float] | Non
       unknown reference or BER, an output directory that cannot be created (nothing written).
   """
   groups = load_inputs(paths, reference)
+  # The module docstring's definitions go into report.md; its Table V line keeps the 0.1 module
+  # path (proact_jax.activation_stats, now report/activation_stats.py) so the committed results
+  # stay byte-identical.
   intro = re.sub(r":(?:func|mod):`([^`]+)`", r"`\1`",
                  __doc__.split("\n\n", 1)[1].split("\n\nSeveral")[0]).replace("``", "`")
   written, sections = {}, ["# ProAct report\n", "Inputs: " + ", ".join(
