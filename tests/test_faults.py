@@ -1,4 +1,4 @@
-"""Tests of proact_jax.faults.injection: exactness against a numpy reference, flip statistics, filters.
+"""Tests of faults.injection: exactness against a numpy reference, flip statistics, filters.
 
 Statistical tests use fixed seeds and significance 0.001: chi-square goodness of fit, with
 expected counts from the exact distribution (tails pooled so every expected count >= 5).

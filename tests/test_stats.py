@@ -1,4 +1,4 @@
-"""Tests of proact_jax.faults.stats: CI coverage, planners against hand values, paired vs unpaired."""
+"""Tests of faults.stats: CI coverage, planners against hand values, paired vs unpaired."""
 
 import math
 

@@ -1,9 +1,10 @@
 """proact report RESULTS... --out DIR [--bers 1e-6,3e-6] [--reference relu]
 
 RESULTS are campaign results files (JSONL, from ``proact sweep``) and/or activations files (JSON,
-from :func:`proact_jax.report.activation_stats.save_activation_report`); the kind is read from each
-file's header. Writes Tables II-V (markdown and CSV), the accuracy-vs-BER figure, the activation
-histograms and ``report.md`` into DIR (see :mod:`proact_jax.report.tables` for the definitions).
+from :func:`proact_jax.report.activation_stats.save_activation_report`); the kind is read from
+each file's header. Writes Tables II-V (markdown and CSV), the accuracy-vs-BER figure, the
+activation histograms and ``report.md`` into DIR (see :mod:`proact_jax.report.tables` for the
+definitions).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 values were corrupted, compared with the fault-free (quantised, unflipped) model.
 
 Used for the paper's Table V (mean squared L2 distance per faulted layer) and Figs. 3/6
-(histograms); the fault draws are those of :mod:`proact_jax.faults.campaign` (trial ``t`` = trial ``t``
-of BER index 0 of a campaign with the same key and this single BER). The jitted runners are
-cached per (model, fault plan, trials), so repeated calls with new values do not recompile.
+(histograms); the fault draws are those of :mod:`proact_jax.faults.campaign` (trial ``t`` =
+trial ``t`` of BER index 0 of a campaign with the same key and this single BER). The jitted
+runners are cached per (model, fault plan, trials), so repeated calls with new values do not
+recompile.
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def plot_histograms(hists: Mapping[str, Mapping[str, Any]], path: str | Sequence
   """Fault-free vs faulty activation distributions per site, split at 1 (two panels per site).
 
   Args:
-    hists: ``{site: counts}`` as written by :func:`proact_jax.report.activation_stats.histogram_counts`
+    hists: ``{site: counts}`` as written by :func:`activation_stats.histogram_counts`
       (``edges_low, clean_low, faulty_low, edges_high, clean_high, faulty_high, n_clean,
       n_faulty, n_nonfinite``).
     path: output file(s).
