@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import proact_jax as pj
-from proact_jax import campaign, faults
-from proact_jax.evaluate import _evaluate_jit, eval_apply, make_eval_set
+from proact_jax.core.evaluate import _evaluate_jit, eval_apply, make_eval_set
+from proact_jax.faults import campaign
+from proact_jax.faults import injection as faults
 
 from budget_plan import trials_needed, variance_terms  # benchmarks/ is on sys.path when run
 
@@ -84,8 +85,8 @@ def bench_alexnet(n_images: int, trials: int, vmap_trials: int, bers: list[float
 
 def bench_budget(checkpoint: str, max_trials: int, target_pp: float,
                  images_per_trial: int | None = None):
-  from proact_jax.checkpoint import load_checkpoint
-  from proact_jax.workflow import checkpoint_data
+  from proact_jax.training.checkpoint import load_checkpoint
+  from proact_jax.training.checkpoint_data import checkpoint_data
   model, v, meta = load_checkpoint(checkpoint)
   d = checkpoint_data(meta)
   data = make_eval_set(d.x_test, d.y_test)

@@ -47,8 +47,8 @@ def _jax_worker(config: str, models: list[str], batches: list[int], threads: int
   import numpy as np
 
   import proact_jax as pj
-  from proact_jax import pipeline
-  from proact_jax.train import TrainConfig, create_train_state, train_step
+  from proact_jax.data import pipeline
+  from proact_jax.training.loop import TrainConfig, create_train_state, train_step
   if config == "legacy":
     from proact_jax.models import alexnet, resnet, vgg
     for mod in (alexnet, vgg, resnet):

@@ -31,8 +31,8 @@ import sys
 import numpy as np
 from scipy.stats import norm
 
-from proact_jax import stats
-from proact_jax.results import load_results
+from proact_jax.faults import stats
+from proact_jax.faults.results import load_results
 
 PAPER_TRIALS = 500
 Z95 = float(norm.ppf(0.975))

@@ -57,7 +57,7 @@ def measure(model_name: str, num_classes: int, batch: int = 128, iters: int = 3)
   import optax
 
   import proact_jax as pj
-  from proact_jax.train import TrainConfig, create_train_state, train_step
+  from proact_jax.training.loop import TrainConfig, create_train_state, train_step
 
   x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, 32, 32, 3)).astype(np.float32))
   y = jnp.zeros(batch, jnp.int32)

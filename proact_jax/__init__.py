@@ -2,28 +2,39 @@
 bit-flip fault injector, in JAX/Flax.
 
 Mousavi et al., "ProAct: Progressive Training for Hybrid Clipped Activation Function to Enhance
-Resilience of DNNs", arXiv 2406.06313. Data flows one way: data -> models -> methods ->
-faults/campaign -> stats -> report. Heavier modules (methods, campaign, report) are imported as
-submodules: ``from proact_jax import methods, campaign``.
+Resilience of DNNs", arXiv 2406.06313.
+
+One subpackage per concept; data flows one way, and a module never imports one from a later
+layer (``tests/test_layout.py`` checks it):
+
+  core, data -> models -> training -> faults -> methods -> report -> commands
+
+``core`` holds the model-side functions (activations, thresholds, profile, distill, evaluate);
+``training`` the baseline training loop, checkpoints and a checkpoint's data; ``faults`` the
+number formats, flip sampling and injection, trials, campaigns, statistics and results files.
+Faults come before methods because FT-ClipAct is scored by fault campaigns. This module only
+re-exports the common names; heavier modules are imported from their subpackage:
+``from proact_jax import methods`` and ``from proact_jax.faults import campaign``.
 """
 
-from proact_jax.activations import (ACT_STATS, GRANULARITIES, KINDS, THRESHOLDS, Activation,
-                                    ClippedAct, activation_fn, clip_to_threshold, clip_to_zero,
-                                    relu, smooth_clip)
-from proact_jax.checkpoint import load_checkpoint, save_checkpoint
-from proact_jax.data import DATASETS, Dataset, load_dataset
-from proact_jax.distill import kd_loss, kd_loss_jit, kl_divergence, l2_thresholds
-from proact_jax.evaluate import EvalSet, evaluate, make_eval_set, predict
-from proact_jax.faults import FaultSpace, flip_bits, flip_n, stuck_at, toolbox_floor_flips
-from proact_jax.formats import NumberFormat, get_format, quantize_tree
+from proact_jax.core.activations import (ACT_STATS, GRANULARITIES, KINDS, THRESHOLDS,
+                                         Activation, ClippedAct, activation_fn,
+                                         clip_to_threshold, clip_to_zero, relu, smooth_clip)
+from proact_jax.core.distill import kd_loss, kd_loss_jit, kl_divergence, l2_thresholds
+from proact_jax.core.evaluate import EvalSet, evaluate, make_eval_set, predict
+from proact_jax.core.profile import layer_max, profile_max, thresholds_from_profile
+from proact_jax.core.thresholds import (count, get_site, memory_overhead, merge, set_site,
+                                        site_mask, site_names, site_optimizer, site_order, split)
+from proact_jax.data.dataset import Dataset
+from proact_jax.data.pipeline import (augment, channel_stats, iterate_batches, normalize,
+                                      split_train_val, subset)
+from proact_jax.data.sources import DATASETS, load_dataset
+from proact_jax.faults.formats import NumberFormat, get_format, quantize_tree
+from proact_jax.faults.injection import (FaultSpace, flip_bits, flip_n, stuck_at,
+                                         toolbox_floor_flips)
 from proact_jax.models import MODELS, create_model, register_model
-from proact_jax.pipeline import (augment, channel_stats, iterate_batches, normalize,
-                                 split_train_val, subset)
-from proact_jax.profile import layer_max, profile_max, thresholds_from_profile
-from proact_jax.thresholds import (count, get_site, memory_overhead, merge, set_site, site_mask,
-                                   site_names, site_optimizer, site_order, split)
-
-__version__ = "0.1.0"
+from proact_jax.training.checkpoint import load_checkpoint, save_checkpoint
+from proact_jax.version import __version__
 
 __all__ = [
     "ACT_STATS", "DATASETS", "GRANULARITIES", "KINDS", "MODELS", "THRESHOLDS", "Activation",

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 import proact_jax as pj
-from proact_jax import activation_faults, campaign, faults
-from proact_jax.evaluate import evaluate, make_eval_set
+from proact_jax.core.evaluate import evaluate, make_eval_set
+from proact_jax.faults import activations as activation_faults
+from proact_jax.faults import campaign
+from proact_jax.faults import injection as faults
 
 BERS = [1e-4, 1e-3]
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from proact_jax import image_folder
-from proact_jax.data import DATASETS, Dataset, load_dataset
+from proact_jax.data import image_folder
+from proact_jax.data.sources import DATASETS, Dataset, load_dataset
 
 RNG = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""Tests of proact_jax.faults: exactness against a numpy reference, flip statistics, filters.
+"""Tests of faults.injection: exactness against a numpy reference, flip statistics, filters.
 
 Statistical tests use fixed seeds and significance 0.001: chi-square goodness of fit, with
 expected counts from the exact distribution (tails pooled so every expected count >= 5).
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from proact_jax import faults, formats
+from proact_jax.faults import formats
+from proact_jax.faults import injection as faults
 
 ALPHA = 1e-3
 FORMATS = ["q15.16", "q7.8", "float32", "bf16", "fp16", "int8"]

@@ -1,4 +1,4 @@
-"""Tests of proact_jax.formats: round trips, known flips, saturation, float specials."""
+"""Tests of proact_jax.faults.formats: round trips, known flips, saturation, float specials."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from proact_jax import formats
+from proact_jax.faults import formats
 
 U = jnp.uint32
 

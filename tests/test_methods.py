@@ -5,13 +5,13 @@ import jax
 import numpy as np
 import pytest
 
-import proact_jax as pj
-from proact_jax import checkpoint as ckpt
 from proact_jax import cli, methods
-from proact_jax.evaluate import evaluate
+import proact_jax as pj
+from proact_jax.core.evaluate import evaluate
 from proact_jax.methods.threshold_training import ThresholdTraining, train_thresholds
-from proact_jax.train import TrainConfig, train_and_evaluate
-from proact_jax.workflow import checkpoint_data
+from proact_jax.training import checkpoint as ckpt
+from proact_jax.training.checkpoint_data import checkpoint_data
+from proact_jax.training.loop import TrainConfig, train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +150,8 @@ def test_user_model_is_hardened_by_each_method(base):
   for h in hs:
     assert h.clean_accuracy > 0.5
     assert set(pj.site_names(h.variables[pj.THRESHOLDS])) == {"hidden", "penultimate"}
-  from proact_jax.campaign import accuracy_under_faults
-  from proact_jax.evaluate import make_eval_set
+  from proact_jax.core.evaluate import make_eval_set
+  from proact_jax.faults.campaign import accuracy_under_faults
   acc = accuracy_under_faults(jax.random.PRNGKey(1), hs[2].model, hs[2].variables,
                               make_eval_set(data.x_test, data.y_test), [1e-3], 3)
   assert acc.shape == (1, 3) and np.all((acc >= 0) & (acc <= 1))

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proact_jax import pipeline
-from proact_jax.data import Dataset
+from proact_jax.data import pipeline
+from proact_jax.data.sources import Dataset
 
 
 def test_channel_stats_matches_numpy():

@@ -7,10 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from proact_jax import cli
 import proact_jax as pj
-from proact_jax import activation_stats, cli, report, stats
-from proact_jax import checkpoint as ckpt
-from proact_jax.results import ResultsStore
+from proact_jax.faults import stats
+from proact_jax.faults.results import ResultsStore
+from proact_jax.report import activation_stats
+from proact_jax.report import tables as report
+from proact_jax.training import checkpoint as ckpt
 
 BERS = [1e-5, 1e-4]
 ACC = {"relu": [[0.90, 0.80, 0.85, 0.70], [0.50, 0.40, 0.30, 0.45]],

@@ -1,4 +1,4 @@
-"""Tests of proact_jax.stats: CI coverage, planners against hand values, paired vs unpaired."""
+"""Tests of faults.stats: CI coverage, planners against hand values, paired vs unpaired."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from proact_jax import stats
+from proact_jax.faults import stats
 
 
 def test_summarize_values():

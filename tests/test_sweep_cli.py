@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import proact_jax as pj
-from proact_jax import checkpoint as ckpt
 from proact_jax import cli
-from proact_jax.results import ResultsStore
+import proact_jax as pj
+from proact_jax.faults.results import ResultsStore
+from proact_jax.training import checkpoint as ckpt
 
 META = {"model": "small_cnn", "num_classes": 10, "input_shape": [8, 8, 1], "dataset": "digits",
         "mean": [0.3], "std": [0.37], "n_val": 100, "kind": "relu", "granularity": "layer",

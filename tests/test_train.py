@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proact_jax import checkpoint as ckpt
 from proact_jax import cli
-from proact_jax.train import TrainConfig, create_train_state, train_and_evaluate, train_step
 import proact_jax as pj
+from proact_jax.training import checkpoint as ckpt
+from proact_jax.training.loop import TrainConfig, create_train_state, train_and_evaluate, train_step
 
 
 def _leaves_equal(a, b):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+from proact_jax.commands.args import variant_name
+
 
 def add_arguments(p):
   p.add_argument("--checkpoint", action="append", required=True,
@@ -28,11 +30,10 @@ def add_arguments(p):
 def run(args) -> int:
   import jax
 
-  from proact_jax.activation_stats import activation_report, save_activation_report
-  from proact_jax.checkpoint import load_checkpoint
-  from proact_jax.commands.sweep import _variant_name
-  from proact_jax.formats import get_format
-  from proact_jax.workflow import checkpoint_data
+  from proact_jax.faults.formats import get_format
+  from proact_jax.report.activation_stats import activation_report, save_activation_report
+  from proact_jax.training.checkpoint import load_checkpoint
+  from proact_jax.training.checkpoint_data import checkpoint_data
 
   for name, b in (("--ber", args.ber), ("--hist-ber", args.hist_ber)):
     if b is not None and not 0.0 <= b <= 1.0:
@@ -46,7 +47,7 @@ def run(args) -> int:
   variants, used, meta0 = {}, set(), None
   for path in args.checkpoint:
     model, variables, meta = load_checkpoint(path)
-    name = _variant_name(meta, used)
+    name = variant_name(meta, used)
     used.add(name)
     variants[name] = (model, variables)
     meta0 = meta0 or meta

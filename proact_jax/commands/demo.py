@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import time
 
+from proact_jax.commands.args import parse_bers
+
 DEMO_BERS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
 
 
@@ -35,7 +37,6 @@ def _check_writable(out: str) -> None:
 
 
 def run(args) -> int:
-  from proact_jax.commands.sweep import parse_bers
   out = os.path.abspath(args.out)
   bers = parse_bers(args.bers)
   if args.trials < 2:
@@ -55,13 +56,13 @@ def demo(out: str, bers, trials: int, seed: int = 0, progress: bool = True) -> d
   import jax
 
   from proact_jax import methods
-  from proact_jax.campaign import run_campaign
-  from proact_jax.checkpoint import load_checkpoint
-  from proact_jax.evaluate import evaluate
-  from proact_jax.activation_stats import campaign_extra
-  from proact_jax.report import write_report
-  from proact_jax.train import TrainConfig, train_and_evaluate
-  from proact_jax.workflow import checkpoint_data
+  from proact_jax.core.evaluate import evaluate
+  from proact_jax.faults.campaign import run_campaign
+  from proact_jax.report.activation_stats import campaign_extra
+  from proact_jax.report.tables import write_report
+  from proact_jax.training.checkpoint import load_checkpoint
+  from proact_jax.training.checkpoint_data import checkpoint_data
+  from proact_jax.training.loop import TrainConfig, train_and_evaluate
 
   say = print if progress else (lambda *a, **k: None)
   base_dir = os.path.join(out, "base")
@@ -122,7 +123,7 @@ def demo(out: str, bers, trials: int, seed: int = 0, progress: bool = True) -> d
 
 def _demo_table(variants, result, bers) -> str:
   """Method | clean accuracy | memory overhead | accuracy at each BER (mean +- CI half-width)."""
-  from proact_jax.thresholds import memory_overhead
+  from proact_jax.core.thresholds import memory_overhead
   rows = {(r["variant"], r["ber"]): r for r in result.summary_rows()}
   head = ["method", "clean acc %", "mem. overhead %"] + [f"BER {b:.0e}".replace("e-0", "e-") for b in bers]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

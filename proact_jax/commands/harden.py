@@ -39,9 +39,9 @@ DEFAULT_GRANULARITY = {"ranger": "layer", "ft-clipact": "layer", "fitact": "neur
 
 def run(args) -> int:
   from proact_jax import methods
-  from proact_jax.checkpoint import load_checkpoint, write_json_atomic
-  from proact_jax.evaluate import evaluate
-  from proact_jax.workflow import checkpoint_data
+  from proact_jax.core.evaluate import evaluate
+  from proact_jax.training.checkpoint import load_checkpoint, write_json_atomic
+  from proact_jax.training.checkpoint_data import checkpoint_data
 
   granularity = args.granularity or DEFAULT_GRANULARITY[args.method]
   methods.check_granularity(args.method, granularity)

@@ -1,14 +1,17 @@
 """proact report RESULTS... --out DIR [--bers 1e-6,3e-6] [--reference relu]
 
 RESULTS are campaign results files (JSONL, from ``proact sweep``) and/or activations files (JSON,
-from :func:`proact_jax.activation_stats.save_activation_report`); the kind is read from each
-file's header. Writes Tables II-V (markdown and CSV), the accuracy-vs-BER figure, the activation
-histograms and ``report.md`` into DIR (see :mod:`proact_jax.report` for the definitions).
+from :func:`proact_jax.report.activation_stats.save_activation_report`); the kind is read from
+each file's header. Writes Tables II-V (markdown and CSV), the accuracy-vs-BER figure, the
+activation histograms and ``report.md`` into DIR (see :mod:`proact_jax.report.tables` for the
+definitions).
 """
 
 from __future__ import annotations
 
 import sys
+
+from proact_jax.commands.args import parse_bers
 
 
 def add_arguments(p):
@@ -23,8 +26,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-  from proact_jax.commands.sweep import parse_bers
-  from proact_jax.report import write_report
+  from proact_jax.report.tables import write_report
 
   if not args.results:
     raise ValueError("no RESULTS given: pass campaign results (.jsonl) and/or activations files")

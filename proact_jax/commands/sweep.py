@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import sys
 
+from proact_jax.commands.args import parse_bers, parse_bits, variant_name
+
 PAPER_BERS = "1e-7,3e-7,1e-6,3e-6,1e-5,3e-5"
 
 
@@ -45,47 +47,17 @@ def add_arguments(p):
   p.add_argument("--out", required=True, help="results file (JSONL); resumed if it exists")
 
 
-def parse_bers(text: str) -> list[float]:
-  try:
-    bers = [float(s) for s in str(text).split(",") if s.strip()]
-  except ValueError:
-    raise ValueError(f"--bers {text!r}: expected comma-separated numbers in [0, 1]") from None
-  if not bers:
-    raise ValueError("--bers is empty")
-  for b in bers:
-    if not 0.0 <= b <= 1.0:
-      raise ValueError(f"--bers: bit error rate {b} is outside [0, 1]")
-  return bers
-
-
-def parse_bits(text: str | None) -> tuple[int, int | None]:
-  if text is None:
-    return 0, None
-  try:
-    lo, hi = text.split(":")
-    return int(lo or 0), (int(hi) if hi else None)
-  except ValueError:
-    raise ValueError(f"--bits {text!r}: expected LO:HI, e.g. 0:16") from None
-
-
-def _variant_name(meta: dict, used: set) -> str:
-  name = meta.get("method") or ("relu" if meta.get("kind", "relu") == "relu" else meta["kind"])
-  base, i = name, 2
-  while name in used:
-    name, i = f"{base}-{i}", i + 1
-  return name
-
-
 def run(args) -> int:
   import jax
 
-  from proact_jax import campaign, faults
-  from proact_jax.activation_stats import campaign_extra
-  from proact_jax.checkpoint import load_checkpoint
-  from proact_jax.evaluate import make_eval_set
-  from proact_jax.formats import get_format
-  from proact_jax.results import fingerprint
-  from proact_jax.workflow import checkpoint_data
+  from proact_jax.core.evaluate import make_eval_set
+  from proact_jax.faults import campaign
+  from proact_jax.faults import injection as faults
+  from proact_jax.faults.formats import get_format
+  from proact_jax.faults.results import fingerprint
+  from proact_jax.report.activation_stats import campaign_extra
+  from proact_jax.training.checkpoint import load_checkpoint
+  from proact_jax.training.checkpoint_data import checkpoint_data
 
   bers = parse_bers(args.bers)
   if args.trials < 1:
@@ -117,7 +89,7 @@ def run(args) -> int:
   variants, metas, used, entries = {}, [], set(), {}
   for d in args.checkpoint:
     model, variables, meta = load_checkpoint(d)
-    name = _variant_name(meta, used)
+    name = variant_name(meta, used)
     used.add(name)
     variants[name] = (model, variables)
     entries[name] = (model, variables, meta)

@@ -24,8 +24,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-  from proact_jax.train import TrainConfig, train_and_evaluate
   from proact_jax.models import create_model
+  from proact_jax.training.loop import TrainConfig, train_and_evaluate
 
   create_model(args.model)  # validates the name before any data is loaded
   out = os.path.abspath(args.out)

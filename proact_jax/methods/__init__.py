@@ -6,6 +6,8 @@ from proact_jax.methods.fitact import FitActConfig, fitact
 from proact_jax.methods.ft_clipact import FTClipActConfig, ft_clipact
 from proact_jax.methods.proact import ProActConfig, proact
 from proact_jax.methods.ranger import ranger
+from proact_jax.training.checkpoint import save_checkpoint
+from proact_jax.version import __version__
 
 __all__ = ["ALLOWED_GRANULARITY", "METHODS", "FTClipActConfig", "FitActConfig", "Hardened",
            "ProActConfig", "check_granularity", "fitact", "ft_clipact", "proact", "ranger",
@@ -15,11 +17,9 @@ __all__ = ["ALLOWED_GRANULARITY", "METHODS", "FTClipActConfig", "FitActConfig", 
 def save_hardened(directory: str, hardened: Hardened, base_meta: dict, test_accuracy: float,
                   overwrite: bool = True) -> str:
   """Writes a hardened checkpoint: baseline weights + thresholds + how to rebuild the model."""
-  import proact_jax
-  from proact_jax.checkpoint import save_checkpoint
   meta = {k: v for k, v in base_meta.items() if k not in ("accuracy", "test_loss")}
   meta.update({"kind": hardened.kind, "granularity": hardened.granularity,
                "method": hardened.method, "accuracy": test_accuracy,
                "baseline_accuracy": base_meta.get("accuracy"), "hardening": hardened.summary(),
-               "version": proact_jax.__version__})
+               "version": __version__})
   return save_checkpoint(directory, hardened.variables, meta, overwrite=overwrite)

@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proact_jax import thresholds as thr_lib
-from proact_jax.activations import THRESHOLDS, Activation
-from proact_jax.evaluate import EvalSet, evaluate
-from proact_jax.profile import profile_max, thresholds_from_profile
+from proact_jax.core import thresholds as thr_lib
+from proact_jax.core.activations import THRESHOLDS, Activation
+from proact_jax.core.evaluate import EvalSet, evaluate
+from proact_jax.core.profile import profile_max, thresholds_from_profile
 
 METHODS = ("ranger", "ft-clipact", "fitact", "proact")
 ALLOWED_GRANULARITY = {
@@ -157,7 +157,7 @@ class Progress:
 
   def save(self, stage: str, tree: dict, info: dict) -> None:
     import os
-    from proact_jax.checkpoint import write_json_atomic
+    from proact_jax.training.checkpoint import write_json_atomic
     self.stages.append({"stage": stage, **info})
     if self.dir is None:
       return

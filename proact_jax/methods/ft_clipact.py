@@ -17,8 +17,9 @@ import time
 import jax
 import numpy as np
 
-from proact_jax import thresholds as thr_lib
-from proact_jax.evaluate import EvalSet, make_eval_set
+from proact_jax.core import thresholds as thr_lib
+from proact_jax.core.evaluate import EvalSet, make_eval_set
+from proact_jax.faults.campaign import accuracy_under_faults
 from proact_jax.methods.common import (Hardened, Progress, accuracy, baseline_variables,
                                        batches_of, check_granularity, profiled_thresholds,
                                        site_summary, with_activation)
@@ -48,7 +49,6 @@ def ft_clipact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_t
                eval_set: EvalSet | None = None, workdir: str | None = None,
                progress: bool = True) -> Hardened:
   """Hardens ``model`` with FT-ClipAct (layer-wise clip-to-zero)."""
-  from proact_jax.campaign import accuracy_under_faults  # faults come after methods' inputs
   check_granularity("ft-clipact", "layer")
   if config.candidates < 2 or config.max_rounds < 1 or config.min_rounds > config.max_rounds:
     raise ValueError("ft-clipact needs >= 2 candidates and 1 <= min_rounds <= max_rounds")

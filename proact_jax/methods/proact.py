@@ -10,8 +10,8 @@ import time
 import jax
 import numpy as np
 
-from proact_jax import thresholds as thr_lib
-from proact_jax.evaluate import EvalSet, predict
+from proact_jax.core import thresholds as thr_lib
+from proact_jax.core.evaluate import EvalSet, predict
 from proact_jax.methods.common import (Hardened, Progress, accuracy, baseline_variables,
                                        batches_of, check_granularity, profiled_thresholds,
                                        site_summary, with_activation)

@@ -6,11 +6,11 @@ import time
 
 import numpy as np
 
+from proact_jax.core.evaluate import EvalSet
+from proact_jax.core.thresholds import merge, site_order
 from proact_jax.methods.common import (Hardened, accuracy, baseline_variables, batches_of,
                                        check_granularity, profiled_thresholds, site_summary,
                                        with_activation)
-from proact_jax.evaluate import EvalSet
-from proact_jax.thresholds import merge, site_order
 
 
 def ranger(model, variables, x_profile: np.ndarray, eval_set: EvalSet,

@@ -16,9 +16,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from proact_jax import thresholds as thr_lib
-from proact_jax.distill import kl_divergence, l2_thresholds
-from proact_jax.evaluate import EvalSet, evaluate
+from proact_jax.core import thresholds as thr_lib
+from proact_jax.core.distill import kl_divergence, l2_thresholds
+from proact_jax.core.evaluate import EvalSet, evaluate
 
 
 @dataclasses.dataclass(frozen=True)

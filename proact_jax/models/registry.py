@@ -1,4 +1,7 @@
-"""A registry of model constructors by name, in the style of big_vision."""
+"""A registry of model constructors by name, in the style of big_vision.
+
+It imports none of the model files that register into it; ``proact_jax.models`` does.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from typing import Callable
 
 import flax.linen as nn
 
-from proact_jax.activations import Activation
+from proact_jax.core.activations import Activation
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -26,15 +29,9 @@ def create_model(name: str, num_classes: int = 10, kind: str = "relu", granulari
   Raises:
     ValueError: unknown model name, activation kind or granularity, or num_classes < 2.
   """
-  _ensure_loaded()
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; expected one of {', '.join(sorted(MODELS))}")
   if int(num_classes) < 2:
     raise ValueError(f"num_classes must be >= 2, got {num_classes}")
   return MODELS[name](num_classes=int(num_classes),
                       act=Activation(kind=kind, granularity=granularity, k=k))
-
-
-def _ensure_loaded():
-  # Importing the modules registers their models.
-  from proact_jax.models import alexnet, resnet, small, vgg  # noqa: F401

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from proact_jax.activations import Activation
+from proact_jax.core.activations import Activation
 from proact_jax.models.fast_ops import Conv
 from proact_jax.models.registry import register_model
 

@@ -3,7 +3,7 @@
 import flax.linen as nn
 import jax
 
-from proact_jax.activations import Activation
+from proact_jax.core.activations import Activation
 from proact_jax.models.fast_ops import Conv, max_pool_2x2
 from proact_jax.models.registry import register_model
 

@@ -50,13 +50,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from proact_jax import faults, stats
-from proact_jax.evaluate import EvalSet, accuracy_and_loss, eval_apply, evaluate, take_images
-from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, get_format
-from proact_jax.results import (CampaignResult, ResultsStore, fingerprint, load_results,
-                                result_from_store)
-from proact_jax.trial import (FaultPlan, check_bers, check_images_per_trial, corrupt,
-                              make_plan, trial_image_indices)
+from proact_jax.core.evaluate import EvalSet, accuracy_and_loss, eval_apply, evaluate, take_images
+from proact_jax.faults import injection as faults
+from proact_jax.faults import stats
+from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
+from proact_jax.faults.results import (CampaignResult, ResultsStore, fingerprint, load_results,
+                                       result_from_store)
+from proact_jax.faults.trial import (FaultPlan, check_bers, check_images_per_trial, corrupt,
+                                     make_plan, trial_image_indices)
 
 MODES = ("auto", "map", "vmap")
 __all__ = ["MODES", "CampaignResult", "FaultPlan", "accuracy_under_faults", "corrupt",

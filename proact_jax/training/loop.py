@@ -24,11 +24,12 @@ import orbax.checkpoint as ocp
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from proact_jax import checkpoint as ckpt
-from proact_jax import data as data_lib
-from proact_jax import pipeline
-from proact_jax.evaluate import evaluate, make_eval_set
+from proact_jax.core.evaluate import evaluate, make_eval_set
+from proact_jax.data import pipeline
+from proact_jax.data import sources as data_lib
 from proact_jax.models import create_model
+from proact_jax.training import checkpoint as ckpt
+from proact_jax.version import __version__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,14 +212,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str, progress: bool = True,
 
   variables = ckpt.load_variables(os.path.join(workdir, "best"))
   test_acc, test_loss = evaluate(model, variables, x_te, y_te)
-  import proact_jax
   meta = {"model": config.model, "dataset": ds.name, "num_classes": ds.num_classes,
           "class_names": list(ds.class_names), "input_shape": list(ds.input_shape),
           "mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist(),
           "kind": "relu", "granularity": "layer", "accuracy": test_acc, "test_loss": test_loss,
           "val_accuracy": best["val_accuracy"], "best_epoch": int(best["epoch"]),
           "epochs": config.epochs, "seed": config.seed, "data_dir": config.data_dir,
-          "n_val": int(len(x_val)), "version": proact_jax.__version__, "config": cfg}
+          "n_val": int(len(x_val)), "version": __version__, "config": cfg}
   ckpt.save_checkpoint(os.path.join(workdir, "model"), variables, meta, overwrite=True)
   return meta
 

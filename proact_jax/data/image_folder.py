@@ -17,8 +17,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from proact_jax.cifar_archives import _CIFAR_FILES, _detect_cifar, _parse_cifar
-from proact_jax.dataset import Dataset
+from proact_jax.data.cifar_archives import _CIFAR_FILES, _detect_cifar, _parse_cifar
+from proact_jax.data.dataset import Dataset
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 CACHE_VERSION = 1

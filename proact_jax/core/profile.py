@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from proact_jax.activations import ACT_STATS
+from proact_jax.core.activations import ACT_STATS
 
 
 def make_profile_step(model: nn.Module):
@@ -60,7 +60,7 @@ def thresholds_from_profile(thresholds_tree, neuron_max: dict) -> dict:
   Scalar (layer-wise) sites get the layer max, neuron-wise sites the per-neuron max. Sites never
   activated (max <= 0) keep 0 as threshold.
   """
-  from proact_jax.thresholds import _site_leaves, set_site  # local: thresholds is a sibling
+  from proact_jax.core.thresholds import _site_leaves, set_site  # local: thresholds is a sibling
   tree = thresholds_tree
   for site, lam in _site_leaves(thresholds_tree).items():
     if site not in neuron_max:

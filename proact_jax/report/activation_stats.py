@@ -30,9 +30,12 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
-import proact_jax as pj
-from proact_jax import activation_faults, faults, thresholds
-from proact_jax.checkpoint import write_json_atomic
+from proact_jax.core import thresholds
+from proact_jax.core.activations import GRANULARITIES
+from proact_jax.faults import activations as activation_faults
+from proact_jax.faults import injection as faults
+from proact_jax.models import create_model
+from proact_jax.training.checkpoint import write_json_atomic
 
 DEFAULT_BINS = 40
 
@@ -46,20 +49,20 @@ def variant_info(model, variables, meta: dict) -> dict:
           "granularity": meta.get("granularity", getattr(act, "granularity", "layer")),
           "accuracy": meta.get("accuracy"),
           "baseline_accuracy": meta.get("baseline_accuracy" if hardened else "accuracy"),
-          "memory_overhead": pj.memory_overhead(variables),
-          "n_thresholds": pj.count(variables.get("thresholds", {}))}
+          "memory_overhead": thresholds.memory_overhead(variables),
+          "n_thresholds": thresholds.count(variables.get("thresholds", {}))}
 
 
 def model_info(meta: dict) -> dict:
   """Model name, dataset, parameter count and the overhead it would have at each granularity."""
   x = jax.ShapeDtypeStruct((1, *meta["input_shape"]), jnp.float32)
   overhead, n_thr, n_params = {}, {}, 0
-  for g in pj.GRANULARITIES:
-    model = pj.create_model(meta["model"], meta["num_classes"], "smooth", g)
+  for g in GRANULARITIES:
+    model = create_model(meta["model"], meta["num_classes"], "smooth", g)
     shapes = jax.eval_shape(lambda x, m=model: m.init(jax.random.PRNGKey(0), x), x)
-    overhead[g] = pj.memory_overhead(shapes)
-    n_thr[g] = pj.count(shapes.get("thresholds", {}))
-    n_params = pj.count(shapes["params"])
+    overhead[g] = thresholds.memory_overhead(shapes)
+    n_thr[g] = thresholds.count(shapes.get("thresholds", {}))
+    n_params = thresholds.count(shapes["params"])
   return {"model": meta["model"], "dataset": meta["dataset"], "n_params": n_params,
           "memory_overhead_by_granularity": overhead, "n_thresholds_by_granularity": n_thr}
 

@@ -18,10 +18,10 @@ import os
 
 import numpy as np
 
-from proact_jax.cifar_archives import (  # noqa: F401  (Reader re-exported)
+from proact_jax.data.cifar_archives import (  # noqa: F401  (Reader re-exported)
     _ARCHIVES, Reader, _detect_cifar, _dir_reader, _parse_cifar, _shallow_listing)
-from proact_jax.dataset import Dataset
-from proact_jax.image_folder import (  # noqa: F401  (public names re-exported)
+from proact_jax.data.dataset import Dataset
+from proact_jax.data.image_folder import (  # noqa: F401  (public names re-exported)
     CACHE_DIRNAME, CACHE_VERSION, DECODE_WORKERS, IMAGE_EXTS, PARALLEL_MIN_IMAGES, _TAR_SUFFIXES,
     Entries, _image_root, _is_tar, _load_tar, load_image_folder)
 

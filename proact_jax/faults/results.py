@@ -31,7 +31,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
-from proact_jax import stats
+from proact_jax.faults import stats
 
 _FIELDS = ("accuracy", "loss", "n_flips", "n_flips_weights", "n_flips_thresholds")
 

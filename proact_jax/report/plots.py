@@ -42,7 +42,7 @@ def plot_accuracy_vs_ber(result_or_rows, path: str | Sequence[str],
   """Top-1 accuracy (%) vs bit error rate, one line per variant with its 95 % CI band.
 
   Args:
-    result_or_rows: a :class:`~proact_jax.results.CampaignResult`, its ``summary_rows()``
+    result_or_rows: a :class:`~proact_jax.faults.results.CampaignResult`, its ``summary_rows()``
       (dicts with ``variant, ber, mean, ci_low, ci_high``), or ``{panel title: either}`` for one
       panel per model/dataset, side by side.
     path: output file(s); the extension picks the format (``.png``, ``.pdf``).
@@ -93,7 +93,7 @@ def plot_histograms(hists: Mapping[str, Mapping[str, Any]], path: str | Sequence
   """Fault-free vs faulty activation distributions per site, split at 1 (two panels per site).
 
   Args:
-    hists: ``{site: counts}`` as written by :func:`proact_jax.activation_stats.histogram_counts`
+    hists: ``{site: counts}`` as written by :func:`activation_stats.histogram_counts`
       (``edges_low, clean_low, faulty_low, edges_high, clean_high, faulty_high, n_clean,
       n_faulty, n_nonfinite``).
     path: output file(s).

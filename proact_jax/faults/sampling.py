@@ -1,7 +1,7 @@
 """Sampling of one trial's fault positions: the count ``K ~ Binomial(n_bits, p)``
 (:func:`sample_count`) and ``K`` distinct uniform ``(value, bit)`` positions (:func:`_choose`:
 a sparse candidate batch under a static cap, else the exact dense path), as used by the
-injectors of :mod:`proact_jax.faults` (whose docstring describes the model).
+injectors of :mod:`proact_jax.faults.injection` (whose docstring describes the model).
 """
 
 from __future__ import annotations

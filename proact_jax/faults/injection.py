@@ -21,7 +21,7 @@ clean value ``fmt.quantize(w)``, bit for bit. With ``prequantized=True`` the inj
 clean tree (:func:`quantize_with_aux`) as it is and encode only the hit values: O(cap) work plus
 the scatter's copy per leaf instead of re-encoding every value in every trial.
 
-The count and position sampling lives in :mod:`proact_jax.fault_sampling`.
+The count and position sampling lives in :mod:`proact_jax.faults.sampling`.
 
 Under ``vmap`` (not ``lax.map``) the ``cond`` becomes a select and the dense path's O(n_values)
 set-up runs for every trial (its loop still runs only for trials that need it).
@@ -40,9 +40,9 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
-from proact_jax.fault_sampling import (  # noqa: F401  (public names re-exported)
+from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, _to_twos, get_format
+from proact_jax.faults.sampling import (  # noqa: F401  (public names re-exported)
     _check_prob, _choose, _resolve_cap, default_cap, sample_count, sample_flip_masks)
-from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, _to_twos, get_format
 
 _OPS = {"flip": lambda b, m: b ^ m, "set1": lambda b, m: b | m, "set0": lambda b, m: b & ~m}
 
@@ -274,13 +274,20 @@ def flip_bits(key: chex.PRNGKey, variables: Any, ber: Any, fmt: str | NumberForm
   Raises:
     ValueError: ``ber`` outside [0, 1], unknown layer filter, bad bit range.
   """
-  _check_prob(ber, "ber")
+  return _bernoulli(key, variables, ber, "ber", "flip", fmt, space, max_flips, prequantized, aux)
+
+
+def _bernoulli(key, variables, rate, rate_name: str, op: str, fmt, space: FaultSpace,
+               max_flips, prequantized: bool, aux):
+  """Hits every stored bit of ``space`` independently with probability ``rate`` (``op``: "flip"
+  or "set0"/"set1"); returns ``(variables, number of hits)``."""
+  _check_prob(rate, rate_name)
   fmt = get_format(fmt)
   n_bits = count_bits(variables, fmt, space)
-  cap = _resolve_cap(n_bits, ber, max_flips)
+  cap = _resolve_cap(n_bits, rate, max_flips)
   k_count, k_pos = jax.random.split(key)
-  k = sample_count(k_count, n_bits, ber)
-  return _corrupt(k_pos, variables, k, cap, fmt, space, "flip", prequantized, aux), k
+  k = sample_count(k_count, n_bits, rate)
+  return _corrupt(k_pos, variables, k, cap, fmt, space, op, prequantized, aux), k
 
 
 def stuck_at(key: chex.PRNGKey, variables: Any, rate: Any, value: int,
@@ -294,13 +301,8 @@ def stuck_at(key: chex.PRNGKey, variables: Any, rate: Any, value: int,
   """
   if value not in (0, 1):
     raise ValueError(f"stuck-at value must be 0 or 1, got {value}")
-  _check_prob(rate, "rate")
-  fmt = get_format(fmt)
-  n_bits = count_bits(variables, fmt, space)
-  cap = _resolve_cap(n_bits, rate, max_flips)
-  k_count, k_pos = jax.random.split(key)
-  k = sample_count(k_count, n_bits, rate)
-  return _corrupt(k_pos, variables, k, cap, fmt, space, f"set{value}", prequantized, aux), k
+  return _bernoulli(key, variables, rate, "rate", f"set{value}", fmt, space, max_flips,
+                    prequantized, aux)
 
 
 def flip_n(key: chex.PRNGKey, variables: Any, n: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from proact_jax.activations import THRESHOLDS, ClippedAct
+from proact_jax.core.activations import THRESHOLDS, ClippedAct
 
 Variables = Mapping[str, Any]
 

@@ -12,9 +12,9 @@ import dataclasses
 
 import numpy as np
 
-from proact_jax import data as data_lib
-from proact_jax import pipeline
-from proact_jax.evaluate import EvalSet, make_eval_set
+from proact_jax.core.evaluate import EvalSet, make_eval_set
+from proact_jax.data import pipeline
+from proact_jax.data import sources as data_lib
 
 
 @dataclasses.dataclass

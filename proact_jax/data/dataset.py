@@ -1,4 +1,4 @@
-"""The in-memory image dataset every loader of :mod:`proact_jax.data` returns."""
+"""The in-memory image dataset every loader of :mod:`proact_jax.data.sources` returns."""
 
 from __future__ import annotations
 

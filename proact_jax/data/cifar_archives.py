@@ -1,5 +1,5 @@
 """Official CIFAR-10/100 archives: the python (pickle) and binary versions, read from any
-``Reader`` (an extracted folder here, or tar members in :mod:`proact_jax.image_folder`).
+``Reader`` (an extracted folder here, or tar members in :mod:`proact_jax.data.image_folder`).
 
 Pickles are read with a restricted unpickler that only rebuilds numpy arrays and plain
 containers, so a crafted archive cannot run code.
@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from proact_jax.dataset import Dataset
+from proact_jax.data.dataset import Dataset
 
 _ARCHIVES = {
     "cifar10": ("cifar-10-python.tar.gz", "cifar-10-binary.tar.gz"),

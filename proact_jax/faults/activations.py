@@ -2,9 +2,10 @@
 values were corrupted, compared with the fault-free (quantised, unflipped) model.
 
 Used for the paper's Table V (mean squared L2 distance per faulted layer) and Figs. 3/6
-(histograms); the fault draws are those of :mod:`proact_jax.campaign` (trial ``t`` = trial ``t``
-of BER index 0 of a campaign with the same key and this single BER). The jitted runners are
-cached per (model, fault plan, trials), so repeated calls with new values do not recompile.
+(histograms); the fault draws are those of :mod:`proact_jax.faults.campaign` (trial ``t`` =
+trial ``t`` of BER index 0 of a campaign with the same key and this single BER). The jitted
+runners are cached per (model, fault plan, trials), so repeated calls with new values do not
+recompile.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
-from proact_jax import faults
-from proact_jax.activations import ClippedAct
-from proact_jax.formats import DEFAULT_FORMAT, NumberFormat
-from proact_jax.trial import check_bers, corrupt, make_plan
+from proact_jax.core.activations import ClippedAct
+from proact_jax.faults import injection as faults
+from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat
+from proact_jax.faults.trial import check_bers, corrupt, make_plan
 
 
 def _site_name(path: tuple) -> str:

@@ -5,8 +5,8 @@ A :class:`FaultPlan` splits a fault space into the weights (every collection but
 :func:`corrupt` applies one trial's faults: weights with ``fold_in(trial_key, 0)``, thresholds
 with ``fold_in(trial_key, 1)``, so variants sharing a baseline's params receive identical weight
 faults. :func:`trial_image_indices` draws a trial's image subset (the campaign calls it with
-``fold_in(trial_key, 2)``). Used by :mod:`proact_jax.campaign` and
-:mod:`proact_jax.activation_faults`.
+``fold_in(trial_key, 2)``). Used by :mod:`proact_jax.faults.campaign` and
+:mod:`proact_jax.faults.activations`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proact_jax import faults
-from proact_jax.activations import THRESHOLDS
-from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, get_format
+from proact_jax.core.activations import THRESHOLDS
+from proact_jax.faults import injection as faults
+from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
 
 __all__ = ["FaultPlan", "check_bers", "check_images_per_trial", "corrupt", "make_plan",
            "trial_image_indices"]

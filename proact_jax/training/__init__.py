@@ -1,0 +1,2 @@
+"""Baseline training (``loop``), orbax checkpoints and the data a checkpoint was trained on.
+Comes after data and models, before faults."""
