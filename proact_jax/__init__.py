@@ -20,6 +20,7 @@ from proact_jax.models import MODELS, create_model, register_model
 from proact_jax.pipeline import (augment, channel_stats, iterate_batches, normalize,
                                  split_train_val, subset)
 from proact_jax.profile import layer_max, profile_max, thresholds_from_profile
+from proact_jax.transform import ClippedFunction, clip_activations  # issue 13: any JAX function
 from proact_jax.thresholds import (count, get_site, memory_overhead, merge, set_site, site_mask,
                                    site_names, site_optimizer, site_order, split)
 
@@ -36,3 +37,4 @@ __all__ = [
     "site_names", "site_optimizer", "site_order", "smooth_clip", "split", "split_train_val",
     "stuck_at", "subset", "thresholds_from_profile", "toolbox_floor_flips",
 ]
+__all__ += ["ClippedFunction", "clip_activations"]

