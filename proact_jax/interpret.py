@@ -34,8 +34,7 @@ computes exactly the original primitives.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,202 +42,16 @@ import numpy as np
 from jax import lax
 from jax.extend import core as jcore
 
+from proact_jax.relu_sites import (CUSTOM, INLINE, SOURCE_MAX, Plan, Planner, Site, SubJaxpr,
+                                   site_name, walk_sites)
+
 SiteFn = Callable[[str, jax.Array], Optional[jax.Array]]
 """``site_fn(name, x) -> y``: the activation at one site given its pre-activation ``x`` (already
 broadcast to the site's shape); ``None`` leaves the site's original ReLU in place."""
 CaptureFn = Callable[[str, jax.Array], jax.Array]
 """``capture(name, y) -> value``: what to record of a site's output ``y``."""
 
-_INLINE = ("jit", "pjit", "closed_call", "core_call")
-_CUSTOM = ("custom_jvp_call", "custom_vjp_call")
-_ZERO_PRESERVING = ("broadcast_in_dim", "convert_element_type", "reshape", "copy", "squeeze",
-                    "expand_dims", "transpose")
-SOURCE_RELU = "jax.nn.relu"
-SOURCE_MAX = "max(x, 0)"
-
-
-def site_name(index: int) -> str:
-  """The name of the ``index``-th site in walk order."""
-  return f"relu_{index}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Site:
-  """One ReLU site of a traced function.
-
-  Attributes:
-    name: ``relu_<index>``.
-    index: position in walk order.
-    shape: shape of the activation (= of the pre-activation) at the traced input.
-    dtype: its dtype.
-    source: ``"jax.nn.relu"`` or ``"max(x, 0)"``.
-    context: the enclosing higher-order primitives, outermost first (e.g. ``("jit", "scan")``).
-  """
-  name: str
-  index: int
-  shape: tuple[int, ...]
-  dtype: Any
-  source: str
-  context: tuple[str, ...]
-
-  @property
-  def in_loop(self) -> bool:
-    """Whether the site sits in a ``scan``/``while`` body (one threshold for all iterations)."""
-    return any(c in ("scan", "while") for c in self.context)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Sub:
-  jaxpr: Any  # jcore.Jaxpr
-  consts: Sequence[Any]
-  in_custom: bool
-  count: int
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-  """What the interpreter does with one equation: bind it (``plain``), replace it (``site``), or
-  recurse into its sub-jaxprs (``sub``)."""
-  kind: str
-  count: int = 0
-  operand: int = 0
-  source: str = ""
-  subs: tuple[_Sub, ...] = ()
-
-
-def _unpack(j) -> tuple[Any, Sequence[Any]]:
-  if isinstance(j, jcore.ClosedJaxpr):
-    return j.jaxpr, j.consts
-  return j, ()
-
-
-def _is_zero_literal(v) -> bool:
-  if not isinstance(v, jcore.Literal):
-    return False
-  try:
-    return bool(np.all(np.asarray(v.val) == 0))
-  except Exception:  # pylint: disable=broad-except
-    return False
-
-
-def _is_relu_body(closed) -> bool:
-  """Whether a custom_jvp body is exactly ``max(x, 0)`` (possibly wrapped in jits)."""
-  jaxpr, _ = _unpack(closed)
-  if (len(jaxpr.invars) != 1 or len(jaxpr.outvars) != 1 or len(jaxpr.eqns) != 1
-      or jaxpr.constvars):
-    return False
-  (eqn,) = jaxpr.eqns
-  x = jaxpr.invars[0]
-  if eqn.outvars[0] is not jaxpr.outvars[0] or len(eqn.outvars) != 1:
-    return False
-  name = eqn.primitive.name
-  if name in _INLINE:
-    sub = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-    return len(eqn.invars) == 1 and eqn.invars[0] is x and _is_relu_body(sub)
-  if name == "max":
-    a, b = eqn.invars
-    return (a is x and _is_zero_literal(b)) or (b is x and _is_zero_literal(a))
-  return False
-
-
-def _floating(aval) -> bool:
-  return jnp.issubdtype(aval.dtype, jnp.floating)
-
-
-def _param_jaxprs(params) -> list:
-  out = []
-  for v in params.values():
-    for item in (v if isinstance(v, (tuple, list)) else (v,)):
-      if isinstance(item, (jcore.ClosedJaxpr, jcore.Jaxpr)):
-        out.append(item)
-  return out
-
-
-class _Planner:
-  """Classifies the equations of (sub-)jaxprs, memoised per jaxpr object."""
-
-  def __init__(self):
-    self._cache: dict[tuple[int, bool], tuple[Any, list[_Plan]]] = {}
-
-  def sub(self, j, in_custom: bool) -> _Sub:
-    jaxpr, consts = _unpack(j)
-    plans = self.plans(jaxpr, consts, in_custom)
-    return _Sub(jaxpr, consts, in_custom, sum(p.count for p in plans))
-
-  def plans(self, jaxpr, consts, in_custom: bool) -> list[_Plan]:
-    key = (id(jaxpr), in_custom)
-    if key not in self._cache:  # the jaxpr is kept alive with its plans, so ids stay unique
-      self._cache[key] = (jaxpr, self._classify(jaxpr, consts, in_custom))
-    return self._cache[key][1]
-
-  def _classify(self, jaxpr, consts, in_custom: bool) -> list[_Plan]:
-    zeros = set()
-    for v, c in zip(jaxpr.constvars, consts):
-      try:
-        if np.size(c) and np.all(np.asarray(c) == 0):
-          zeros.add(v)
-      except Exception:  # pylint: disable=broad-except  (a tracer: not a known zero)
-        pass
-
-    def is_zero(v):
-      return _is_zero_literal(v) or (isinstance(v, jcore.Var) and v in zeros)
-
-    plans = []
-    for eqn in jaxpr.eqns:
-      name, params = eqn.primitive.name, eqn.params
-      plan = _Plan("plain")
-      if name in _ZERO_PRESERVING and len(eqn.invars) == 1 and is_zero(eqn.invars[0]):
-        zeros.add(eqn.outvars[0])
-      elif name == "max" and not in_custom and _floating(eqn.outvars[0].aval):
-        flags = [is_zero(v) for v in eqn.invars]
-        if sum(flags) == 1:
-          plan = _Plan("site", 1, operand=flags.index(False), source=SOURCE_MAX)
-      elif (name == "custom_jvp_call" and len(eqn.invars) == 1 and len(eqn.outvars) == 1
-            and _floating(eqn.outvars[0].aval) and _is_relu_body(params["call_jaxpr"])):
-        plan = _Plan("site", 1, source=SOURCE_RELU)
-      else:
-        plan = self._higher(eqn, in_custom)
-      plans.append(plan)
-    return plans
-
-  def _higher(self, eqn, in_custom: bool) -> _Plan:
-    name, params = eqn.primitive.name, eqn.params
-    if name in ("jit", "pjit", "scan", "remat2", "checkpoint"):
-      js = [params["jaxpr"]]
-    elif name in ("closed_call", "core_call") or name in _CUSTOM:
-      js = [params["call_jaxpr"]]
-    elif name == "cond":
-      js = list(params["branches"])
-    elif name == "while":
-      js = [params["cond_jaxpr"], params["body_jaxpr"]]
-    else:
-      js = _param_jaxprs(params)
-      if js and sum(self.sub(j, in_custom).count for j in js):
-        raise ValueError(f"a ReLU sits inside a {name!r} equation, which the interpreter cannot "
-                         "rewrite (supported: jit, closed_call, custom_jvp_call, custom_vjp_call, "
-                         "scan, cond, while, remat)")
-      return _Plan("plain")
-    subs = tuple(self.sub(j, in_custom or name in _CUSTOM) for j in js)
-    count = sum(s.count for s in subs)
-    return _Plan("sub", count, subs=subs) if count else _Plan("plain")
-
-
-def walk_sites(closed) -> list[Site]:
-  """The sites of a closed jaxpr, in walk order (see the module docstring)."""
-  planner, sites = _Planner(), []
-
-  def walk(jaxpr, consts, in_custom, context):
-    for eqn, plan in zip(jaxpr.eqns, planner.plans(jaxpr, consts, in_custom)):
-      if plan.kind == "site":
-        aval = eqn.outvars[0].aval
-        sites.append(Site(site_name(len(sites)), len(sites), tuple(aval.shape), aval.dtype,
-                          plan.source, context))
-      elif plan.kind == "sub":
-        for s in plan.subs:
-          walk(s.jaxpr, s.consts, s.in_custom, context + (eqn.primitive.name,))
-
-  walk(closed.jaxpr, closed.consts, False, ())
-  return sites
+__all__ = ["Site", "Traced", "find_sites", "interpret_sites", "trace_sites", "walk_sites"]
 
 
 def _bind(eqn, invals) -> list:
@@ -266,7 +79,7 @@ class _Interpreter:
   """
 
   def __init__(self, site_fn: SiteFn | None, capture: CaptureFn | None):
-    self.site_fn, self.capture, self.planner = site_fn, capture, _Planner()
+    self.site_fn, self.capture, self.planner = site_fn, capture, Planner()
 
   def run(self, jaxpr, consts, args, start: int, in_custom: bool) -> tuple[list, dict]:
     env: dict = {}
@@ -296,7 +109,7 @@ class _Interpreter:
       index += plan.count
     return [read(v) for v in jaxpr.outvars], captured
 
-  def _site(self, eqn, invals, plan: _Plan, name: str, captured: dict):
+  def _site(self, eqn, invals, plan: Plan, name: str, captured: dict):
     aval = eqn.outvars[0].aval
     y = None
     if self.site_fn is not None:
@@ -315,19 +128,19 @@ class _Interpreter:
       captured[name] = self.capture(name, y)
     return y
 
-  def _call(self, sub: _Sub, start: int):
+  def _call(self, sub: SubJaxpr, start: int):
     return lambda *args: self.run(sub.jaxpr, sub.consts, list(args), start, sub.in_custom)
 
-  def _shapes(self, sub: _Sub, start: int) -> dict:
+  def _shapes(self, sub: SubJaxpr, start: int) -> dict:
     """Shapes of what ``sub`` captures (evaluated abstractly), to initialise loop carries."""
     if self.capture is None:
       return {}
     avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in sub.jaxpr.invars]
     return jax.eval_shape(lambda *a: self._call(sub, start)(*a)[1], *avals)
 
-  def _higher(self, eqn, invals, plan: _Plan, start: int) -> tuple[list, dict]:
+  def _higher(self, eqn, invals, plan: Plan, start: int) -> tuple[list, dict]:
     name, params = eqn.primitive.name, eqn.params
-    if name in _INLINE or name in _CUSTOM:
+    if name in INLINE or name in CUSTOM:
       return self._call(plan.subs[0], start)(*invals)
     if name in ("remat2", "checkpoint"):
       fn = jax.checkpoint(self._call(plan.subs[0], start), prevent_cse=params["prevent_cse"],
@@ -339,9 +152,9 @@ class _Interpreter:
       return self._cond(invals, plan.subs, start)
     if name == "while":
       return self._while(params, invals, plan.subs, start)
-    raise AssertionError(name)  # _Planner only plans "sub" for the primitives above
+    raise AssertionError(name)  # Planner only plans "sub" for the primitives above
 
-  def _scan(self, params, invals, sub: _Sub, start: int):
+  def _scan(self, params, invals, sub: SubJaxpr, start: int):
     n_consts, n_carry = params["num_consts"], params["num_carry"]
     consts = invals[:n_consts]
     init, xs = invals[n_consts:n_consts + n_carry], invals[n_consts + n_carry:]
@@ -357,7 +170,7 @@ class _Interpreter:
                                unroll=params["unroll"])
     return [*vals, *ys], cap
 
-  def _cond(self, invals, subs: Sequence[_Sub], start: int):
+  def _cond(self, invals, subs: Sequence[SubJaxpr], start: int):
     starts = np.cumsum([start] + [s.count for s in subs])[:-1]
     shapes = [self._shapes(s, int(b)) for s, b in zip(subs, starts)]
     every = {k: v for shape in shapes for k, v in shape.items()}
@@ -370,7 +183,7 @@ class _Interpreter:
 
     return lax.switch(invals[0], [branch(s, b) for s, b in zip(subs, starts)], *invals[1:])
 
-  def _while(self, params, invals, subs: Sequence[_Sub], start: int):
+  def _while(self, params, invals, subs: Sequence[SubJaxpr], start: int):
     n_cond, n_body = params["cond_nconsts"], params["body_nconsts"]
     cconsts, bconsts = invals[:n_cond], invals[n_cond:n_cond + n_body]
     init = invals[n_cond + n_body:]
