@@ -81,6 +81,8 @@ class ClippedFunction:
       ValueError: no ReLU, or a site structure that changes with the batch size.
     """
     x = jnp.asarray(x) if not hasattr(x, "shape") else x
+    if not -len(x.shape) <= self.batch_axis < len(x.shape):
+      raise ValueError(f"batch_axis {self.batch_axis} is out of range for x of shape {x.shape}")
     b = x.shape[self.batch_axis]
     shape2 = list(x.shape)
     shape2[self.batch_axis] = b + 1

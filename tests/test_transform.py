@@ -362,3 +362,17 @@ def test_while_remat_custom_vjp():
   _, expected = jax.jvp(lambda t: f(p, x, hand_clipped("threshold", t)), (t,), (ones,))
   chex.assert_trees_all_close(tangent, expected, rtol=1e-6)
   assert jnp.any(tangent != 0)
+
+
+def test_batch_axis_not_leading():
+  """x batched on axis 1; activations (features, batch): neuron-wise lam is (features,)."""
+  w = jax.random.normal(jax.random.PRNGKey(0), (6, 5))
+  f = lambda w, x: w.T @ jax.nn.relu(w @ x)  # noqa: E731
+  x = jax.random.normal(jax.random.PRNGKey(1), (5, B))
+  g = clip_activations(f, "threshold", "neuron", batch_axis=1)
+  t = {"relu_0": jnp.linspace(0.1, 1.0, 6)}
+  assert g.init_thresholds(w, x)["relu_0"].shape == (6,) and g.batch_axes == {"relu_0": 1}
+  np.testing.assert_allclose(g(w, t, x), w.T @ jnp.clip(w @ x, 0, t["relu_0"][:, None]),
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="out of range"):
+    clip_activations(f, batch_axis=2).analyse(w, x)
