@@ -323,11 +323,14 @@ def test_errors():
     g(p, list(t.values()), x)
   with pytest.raises(ValueError, match="unknown activation kind"):
     clip_activations(case.f, "clamp")
-  # A site whose size does not depend on the batch, or whose batch is merged with another axis:
+  # A site whose size does not depend on the batch, whose batch is merged with another axis, or
+  # with several batch-sized axes:
   # fine layer-wise, ValueError neuron-wise.
   on_params = lambda p, x: x @ p["w0"] + jax.nn.relu(p["w0"].sum(0))  # noqa: E731
   merged = lambda p, x: jax.nn.relu((x @ p["w0"]).reshape(-1, 3)).reshape(x.shape[0], 6)  # noqa
-  for f, why in ((on_params, "does not depend on the batch"), (merged, "batch merged")):
+  square = lambda p, x: jax.nn.relu(x @ x.T) @ x  # noqa: E731  (B, B): ambiguous
+  for f, why in ((on_params, "does not depend on the batch"), (merged, "batch merged"),
+                 (square, "several axes")):
     assert clip_activations(f, "smooth", "layer").init_thresholds(p, x)["relu_0"].shape == ()
     with pytest.raises(ValueError, match=why):
       clip_activations(f, "smooth", "neuron").init_thresholds(p, x)
