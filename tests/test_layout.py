@@ -2,9 +2,10 @@
 
 Layers, earliest first (a module may import only from its own layer or an earlier one):
 
-  version -> core -> data -> models -> training -> faults -> methods -> report -> commands
+  version -> core -> transform -> data -> models -> training -> faults -> methods -> report -> commands
 
-``core`` is the model-side core (activations, thresholds, profile, distill, evaluate); ``training``
+``core`` is the model-side core (activations, thresholds, profile, distill, evaluate);
+``transform`` turns any JAX function's ReLUs into clipped activations (a jaxpr interpreter); ``training``
 (loop, checkpoints, a checkpoint's data) needs data and models; faults come before methods
 because FT-ClipAct is scored by fault campaigns. Every import counts, including those inside
 functions. ``proact_jax/__init__.py`` is the flat facade: it may re-export from any layer, and no
@@ -19,7 +20,7 @@ import pytest
 import proact_jax as pj
 
 ROOT = pathlib.Path(pj.__file__).parent
-LAYERS = ("version", "core", "data", "models", "training", "faults", "methods", "report",
+LAYERS = ("version", "core", "transform", "data", "models", "training", "faults", "methods", "report",
           "commands")
 MAX_LINES = 400
 
@@ -32,7 +33,7 @@ PUBLIC = set("""
     memory_overhead merge normalize predict profile_max quantize_tree register_model relu
     save_checkpoint set_site site_mask site_names site_optimizer site_order smooth_clip split
     split_train_val stuck_at subset thresholds_from_profile toolbox_floor_flips
-""".split())
+""".split()) | {"ClippedFunction", "clip_activations"}  # added in 0.2 (issue 13)
 
 # The 0.1 flat module paths, removed in 0.2 (no alias modules).
 OLD_MODULES = ("activation_faults", "activation_stats", "activations", "campaign", "checkpoint",
