@@ -85,6 +85,8 @@ class ResultsStore:
     config: the identifying configuration (JSON-serialisable).
     run: informational settings written into a new file's header.
     write: whether this process writes (False on non-zero processes of a multi-host run).
+    key_fields: the row fields identifying a trial (the last one an integer trial index);
+      e.g. a stratified campaign adds ``stratum`` before ``trial``.
 
   Raises:
     ValueError: the file exists and was written by a different configuration, or is not a
@@ -92,10 +94,11 @@ class ResultsStore:
   """
 
   def __init__(self, path: str | None, config: dict, run: dict | None = None,
-               write: bool = True):
+               write: bool = True, key_fields: tuple[str, ...] = ("variant", "ber_index", "trial")):
     self.path = os.path.abspath(path) if path else None
     self.config = _normalise(config)
-    self.rows: dict[tuple[str, int, int], dict] = {}
+    self.key_fields = tuple(key_fields)
+    self.rows: dict[tuple, dict] = {}
     self.clean: dict[str, dict] = {}
     self._write = write and self.path is not None
     if self.path and os.path.exists(self.path):
@@ -122,7 +125,7 @@ class ResultsStore:
     for line in lines[1:]:
       row = json.loads(line)
       if row.get("type") == "trial":
-        self.rows[(row["variant"], int(row["ber_index"]), int(row["trial"]))] = row
+        self.rows[self._key(row)] = row
       elif row.get("type") == "clean":
         self.clean[row["variant"]] = row
     if self._write and len(complete) != len(data):
@@ -138,13 +141,19 @@ class ResultsStore:
       f.flush()
       os.fsync(f.fileno())
 
-  def done(self, variant: str, ber_index: int) -> set[int]:
-    return {t for (v, b, t) in self.rows if v == variant and b == ber_index}
+  def _key(self, row: dict) -> tuple:
+    return tuple(row[f] if isinstance(row[f], str) else int(row[f]) for f in self.key_fields)
+
+  def done(self, *prefix) -> set[int]:
+    """The trial indices (last key field) of the rows whose key starts with ``prefix`` (by
+    default ``variant, ber_index``)."""
+    k = len(prefix)
+    return {key[-1] for key in self.rows if key[:k] == prefix}
 
   def add_trials(self, rows: Iterable[dict]):
     new = []
     for r in rows:
-      k = (r["variant"], int(r["ber_index"]), int(r["trial"]))
+      k = self._key(r)
       if k not in self.rows:
         self.rows[k] = r
         new.append(r)
