@@ -31,6 +31,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
+from proact_jax import strata
 from proact_jax.faults import stats
 
 _FIELDS = ("accuracy", "loss", "n_flips", "n_flips_weights", "n_flips_thresholds")
@@ -93,11 +94,13 @@ class ResultsStore:
       results file.
   """
 
+  KEY = ("variant", "ber_index", "trial")
+
   def __init__(self, path: str | None, config: dict, run: dict | None = None,
-               write: bool = True, key_fields: tuple[str, ...] = ("variant", "ber_index", "trial")):
+               write: bool = True, key_fields: tuple[str, ...] | None = None):
     self.path = os.path.abspath(path) if path else None
     self.config = _normalise(config)
-    self.key_fields = tuple(key_fields)
+    self.key_fields = tuple(key_fields or self.KEY)
     self.rows: dict[tuple, dict] = {}
     self.clean: dict[str, dict] = {}
     self._write = write and self.path is not None
@@ -277,8 +280,74 @@ class CampaignResult:
     return csv_path, md_path
 
 
+@dataclasses.dataclass
+class StratifiedResult(CampaignResult):
+  """A stratified campaign's trials (``trials[v][b]`` also holds ``stratum`` and
+  ``n_flips_critical``) summarised with the stratified estimator (:mod:`proact_jax.strata`):
+  means, intervals and paired differences use the exact stratum weights ``weights[b]``;
+  ``mean_flips`` is the stratified mean of the flip counts."""
+  weights: list = dataclasses.field(default_factory=list)
+
+  def _samples(self, v: str, b: int, field: str = "accuracy") -> list[np.ndarray]:
+    t = self.trials[v][b]
+    return [t[field][t["stratum"] == h] for h in range(len(self.weights[b]))]
+
+  def summary_rows(self) -> list[dict]:
+    rows = []
+    for v in self.variants:
+      for i, ber in enumerate(self.bers):
+        s = strata.stratified_summary(self._samples(v, i), self.weights[i], self.confidence)
+        flips = strata.stratified_summary(self._samples(v, i, "n_flips"), self.weights[i])
+        row = {"variant": v, "ber": ber, **{k: s[k] for k in (
+                   "n", "mean", "std", "ci_low", "ci_high", "half_width", "dof")},
+               "n_strata": " ".join(map(str, s["n_strata"])), "mean_flips": flips["mean"],
+               "clean_accuracy": self.clean.get(v, {}).get("accuracy", math.nan),
+               "diff_mean": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan}
+        if v != self.reference:
+          d = self.paired(v, self.reference, i)
+          if d is not None:
+            row.update(diff_mean=d["mean"], diff_ci_low=d["ci_low"], diff_ci_high=d["ci_high"])
+        rows.append(row)
+    return rows
+
+  def paired(self, a: str, b: str, ber_index: int) -> dict | None:
+    """Stratified paired difference a - b over the (stratum, trial) pairs both ran."""
+    ta, tb = self.trials[a][ber_index], self.trials[b][ber_index]
+    xa, xb = [], []
+    for h in range(len(self.weights[ber_index])):
+      ia, ib = ta["stratum"] == h, tb["stratum"] == h
+      _, ja, jb = np.intersect1d(ta["trial"][ia], tb["trial"][ib], return_indices=True)
+      xa.append(ta["accuracy"][ia][ja])
+      xb.append(tb["accuracy"][ib][jb])
+    d = strata.stratified_difference(xa, xb, self.weights[ber_index], self.confidence)
+    return None if not math.isfinite(d["mean"]) else d
+
+
+STRATA_FIELDS = ("variant", "ber_index", "stratum", "trial")
+
+
+def strata_arrays(store: ResultsStore, variant: str, ber_index: int,
+                  counts: list | None = None) -> dict[str, np.ndarray]:
+  """A stratified (variant, BER)'s trials as arrays sorted by (stratum, trial); with ``counts``
+  only trials ``t < counts[h]`` of stratum ``h``."""
+  keys = sorted(k[2:] for k in store.rows if k[:2] == (variant, ber_index)
+                and (counts is None or k[3] < counts[k[2]]))
+  out = {"stratum": np.asarray([k[0] for k in keys], np.int64),
+         "trial": np.asarray([k[1] for k in keys], np.int64)}
+  for f in _FIELDS + ("n_flips_critical",):
+    out[f] = np.asarray([store.rows[(variant, ber_index, *k)][f] for k in keys], np.float64)
+  return out
+
+
 def result_from_store(store: ResultsStore, bers: list, variants: list, reference: str,
                       n_per_ber: list | None = None, confidence: float = 0.95) -> CampaignResult:
+  if "strata" in store.config:
+    weights = store.config["strata"]["weights"]
+    trials = {v: [strata_arrays(store, v, i, None if n_per_ber is None else n_per_ber[i])
+                  for i in range(len(bers))] for v in variants}
+    clean = {v: {"accuracy": r["accuracy"], "loss": r["loss"]} for v, r in store.clean.items()}
+    return StratifiedResult(store.config, list(bers), list(variants), reference, trials, clean,
+                            confidence, store.path, [np.asarray(w) for w in weights])
   trials = {v: [store.arrays(v, i, None if n_per_ber is None else n_per_ber[i])
                 for i in range(len(bers))] for v in variants}
   clean = {v: {"accuracy": r["accuracy"], "loss": r["loss"]} for v, r in store.clean.items()}
@@ -299,6 +368,7 @@ def load_results(path: str, reference: str | None = None) -> CampaignResult:
   if header.get("type") != "header":
     raise ValueError(f"{path} is not a proact results file")
   config = header["config"]
-  store = ResultsStore(path, config, write=False)
+  store = ResultsStore(path, config, write=False,
+                       key_fields=STRATA_FIELDS if "strata" in config else ResultsStore.KEY)
   variants = list(config["variants"])
   return result_from_store(store, config["bers"], variants, reference or variants[0])
