@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from proact_jax import campaign, carry, faults
-from proact_jax.evaluate import eval_apply
+from proact_jax.faults import campaign, carry
+from proact_jax.faults import injection as faults
 
-from test_campaign import DATA, KEY, SUB_DATA, SUB_M, VARIANTS
+from test_campaign import KEY, VARIANTS
 
 
 def _trees(name, ber, cap=None, trials=12):
@@ -67,21 +67,4 @@ def test_carried_trees_equal_fresh_copies(name, cap):
   # faults do something: consecutive trials see different trees
   assert any((g[1:] != g[:-1]).any() for g in got)
 
-
-@pytest.mark.parametrize("data,m", [(DATA, None), (SUB_DATA, SUB_M)])
-def test_carried_campaign_trials_equal_run_trials(data, m):
-  for name, (model, v) in VARIANTS.items():
-    plan = campaign.make_plan(v, "q15.16", None, 1e-3)
-    clean = faults.quantize_with_aux(v)
-    f = jax.jit(carry.campaign_trials(eval_apply(model), plan,
-                                      None if m is None else (int(data.n), m)))
-    acc, loss, nw, nt, ok = (np.asarray(o) for o in f(
-        clean, data, KEY, jnp.int32(1), jnp.float32(1e-3), jnp.arange(10, dtype=jnp.int32)))
-    ref = campaign._run_trials(model, plan, clean, data, KEY, 1, 1e-3, range(10), "map", None,
-                               images_per_trial=m)
-    assert ok.all()
-    n = data.n if m is None else m
-    np.testing.assert_array_equal(np.rint(acc.astype(np.float64) * n) / n, ref[0])
-    np.testing.assert_array_equal(nw, ref[2])
-    np.testing.assert_array_equal(nt, ref[3])
-    np.testing.assert_allclose(loss, ref[1], rtol=1e-6)
+# The campaign's own trials: test_campaign compares its map mode (carried) with vmap (copies).

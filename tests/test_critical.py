@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from proact_jax import critical, faults, strata
-from proact_jax.formats import get_format
+from proact_jax.faults import critical, strata
+from proact_jax.faults import injection as faults
+from proact_jax.faults.formats import get_format
 
 FMT = get_format("q7.8")  # 16-bit words: every flipped word is exact in float32
 TREE = {"params": {"a": {"kernel": jnp.zeros((50,))},

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from proact_jax import strata
+from proact_jax.faults import strata
 
 
 def test_weights_are_the_binomial_strata():

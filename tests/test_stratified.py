@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from proact_jax import critical, strata, stratified
+from proact_jax.faults import critical, strata, stratified
 from test_critical import C, FMT, N_C, PATHS, SIZES
 
 P, K_MAX = 2e-3, 2
@@ -117,12 +117,13 @@ KW = dict(k_max=2, images_per_trial=32, chunk=16, progress=False)
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
   """A small_cnn trained 3 epochs on the digits (about 87 %), a Ranger copy of it, and C."""
-  from proact_jax import checkpoint as ckpt
-  from proact_jax import faults, methods
-  from proact_jax.evaluate import make_eval_set
-  from proact_jax.formats import get_format
-  from proact_jax.train import TrainConfig, train_and_evaluate
-  from proact_jax.workflow import checkpoint_data
+  from proact_jax.training import checkpoint as ckpt
+  from proact_jax import methods
+  from proact_jax.faults import injection as faults
+  from proact_jax.core.evaluate import make_eval_set
+  from proact_jax.faults.formats import get_format
+  from proact_jax.training.loop import TrainConfig, train_and_evaluate
+  from proact_jax.training.checkpoint_data import checkpoint_data
   work = tmp_path_factory.mktemp("digits")
   train_and_evaluate(TrainConfig(model="small_cnn", dataset="digits", epochs=3, batch_size=64,
                                  seed=0), str(work), progress=False)
@@ -143,7 +144,7 @@ def reference(digits):
 
 
 def test_stratified_and_plain_campaigns_agree_on_digits(digits, reference):
-  from proact_jax import campaign
+  from proact_jax.faults import campaign
   variants, data, _ = digits
   plain = campaign.run_campaign(jax.random.PRNGKey(0), variants, data, BERS, N,
                                 progress=False, images_per_trial=32, chunk=60)
@@ -181,7 +182,7 @@ def test_resume_and_batching_give_the_same_trials(digits, reference, tmp_path):
                                        critical_set=cs, results_path=path, on_chunk=boom, **KW)
   resumed = stratified.run_stratified_campaign(jax.random.PRNGKey(0), variants, data, BERS, N,
                                                critical_set=cs, results_path=path, **KW)
-  from proact_jax.results import load_results
+  from proact_jax.faults.results import load_results
   loaded = load_results(path)
   for got in (resumed, loaded):
     for v in variants:
@@ -196,7 +197,7 @@ def test_resume_and_batching_give_the_same_trials(digits, reference, tmp_path):
   # the copying path with the dense fallback (vmap) gives the carried path's trials
   st = stratified._Static(stratified.make_plan(variants["relu"][1], "q15.16", None, max(BERS)),
                           cs, 2, reference.config["strata"]["cap"], (int(data.n), 32))
-  from proact_jax import faults
+  from proact_jax.faults import injection as faults
   t = reference.trials["relu"][1]
   pairs = list(zip(t["stratum"].tolist(), t["trial"].tolist()))[:16]
   table = strata.tail_thresholds(cs.n_bits(variants["relu"][1]), BERS[1], 2,

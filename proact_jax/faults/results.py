@@ -31,8 +31,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
-from proact_jax import strata
-from proact_jax.faults import stats
+from proact_jax.faults import stats, strata
 
 _FIELDS = ("accuracy", "loss", "n_flips", "n_flips_weights", "n_flips_thresholds")
 

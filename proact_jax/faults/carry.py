@@ -22,10 +22,12 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from proact_jax import faults
-from proact_jax.critical import _sparse_pick, leaf_updates
-from proact_jax.fault_sampling import sample_count
-from proact_jax.formats import NumberFormat
+from proact_jax.core.evaluate import accuracy_and_loss, take_images
+from proact_jax.faults import injection as faults
+from proact_jax.faults.critical import leaf_updates
+from proact_jax.faults.sampling import _sparse_masks, _sparse_pick, sample_count
+from proact_jax.faults.formats import NumberFormat
+from proact_jax.faults.trial import trial_image_indices
 
 __all__ = ["carried_scan", "plain_updates", "space_leaves"]
 
@@ -48,11 +50,7 @@ def plain_updates(key, leaves: list, auxes: list, ber: Any, *, fmt: NumberFormat
   k_count, k_pos = jax.random.split(key)
   k = sample_count(k_count, n_values * nb, ber)
   sv, sb, take, ok, _, _ = _sparse_pick(k_pos, k, n_values, nb, cap)
-  bit = jnp.where(take, jnp.left_shift(jnp.uint32(1), (sb + lo).astype(jnp.uint32)),
-                  jnp.uint32(0))
-  group = jnp.cumsum(jnp.concatenate([jnp.ones((1,), bool), sv[1:] != sv[:-1]])) - 1
-  combined = jnp.zeros(sv.shape, jnp.uint32).at[group].add(bit)[group]
-  return leaf_updates(sv, combined, leaves, auxes, fmt), ok, k
+  return leaf_updates(sv, _sparse_masks(sv, sb, take, lo), leaves, auxes, fmt), ok, k
 
 
 def carried_scan(flat: dict, paths: list, leaves: list, updates_fn: Callable,
@@ -96,9 +94,6 @@ def campaign_trials(model_apply: Callable, plan, images: tuple | None):
   ber, idx) -> (acc, loss, n_w, n_t, ok)`` per trial of ``idx`` (traceable; the caller jits or
   shards it). Trial keys, image subsets and values are the campaign's (``campaign._runner``);
   ``ok`` False marks a trial to rerun on the copying path."""
-  from proact_jax.evaluate import accuracy_and_loss, take_images
-  from proact_jax.trial import trial_image_indices
-
   def f(clean, data, key, ber_index, ber, idx):
     tree, aux = clean
     flat = faults._flat(tree)

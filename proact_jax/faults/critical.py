@@ -23,7 +23,6 @@ path for both (a uniform subset on both paths, as in :mod:`fault_sampling`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any, Sequence
 
@@ -31,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from proact_jax import faults
-from proact_jax.fault_sampling import _DENSE_BATCH, _candidates, _dense_masks, sample_count
-from proact_jax.formats import NumberFormat
+from proact_jax.faults import injection as faults
+from proact_jax.faults.sampling import _dense_masks, _sparse_pick, sample_count
+from proact_jax.faults.formats import NumberFormat
 
 __all__ = ["CriticalSet", "parse_critical", "stratified_weight_faults", "tail_count"]
 
@@ -144,19 +143,6 @@ def tail_count(key, table: jax.Array, k_max: int) -> jax.Array:
   hi, lo = table[0], table[1]
   ge = (u[0] > hi) | ((u[0] == hi) & (u[1] >= lo))
   return jnp.int32(k_max) + jnp.sum(ge, dtype=jnp.int32)
-
-
-def _sparse_pick(key, k, n_values: int, nb: int, cap: int):
-  """The sparse candidates of ``fault_sampling._choose`` (same draws): sorted value indices,
-  bits, which slots are taken (sorted order), whether they suffice, the dense key and batch."""
-  n_bits = n_values * nb
-  m = max(1, cap + math.ceil(4 * cap * cap / n_bits) + 16)
-  batch = max(m, min(_DENSE_BATCH, n_bits))
-  k_sparse, k_dense = jax.random.split(key)
-  _, _, first, (sv, sb, sd) = _candidates(k_sparse, n_values, nb, m)
-  ok = jnp.sum(first, dtype=jnp.int32) >= k
-  take = (first & (jnp.cumsum(first) <= k))[sd]
-  return sv, sb, take, ok, k_dense, batch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -40,14 +40,15 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from proact_jax import carry, critical, faults, strata
-from proact_jax.campaign import _batched, _resolve_mode, eval_set_hash
-from proact_jax.evaluate import EvalSet, accuracy_and_loss, eval_apply, evaluate, take_images
-from proact_jax.formats import DEFAULT_FORMAT, NumberFormat, get_format
-from proact_jax.results import (STRATA_FIELDS, ResultsStore, StratifiedResult, fingerprint,
+from proact_jax.faults import carry, critical, strata
+from proact_jax.faults import injection as faults
+from proact_jax.faults.campaign import _batched, _resolve_mode, eval_set_hash
+from proact_jax.core.evaluate import EvalSet, accuracy_and_loss, eval_apply, evaluate, take_images
+from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
+from proact_jax.faults.results import (STRATA_FIELDS, ResultsStore, StratifiedResult, fingerprint,
                                 result_from_store, strata_arrays)
-from proact_jax.trial import FaultPlan, check_bers, check_images_per_trial, make_plan
-from proact_jax.trial import trial_image_indices
+from proact_jax.faults.trial import FaultPlan, check_bers, check_images_per_trial, make_plan
+from proact_jax.faults.trial import trial_image_indices
 
 __all__ = ["StratifiedResult", "run_stratified_campaign"]
 
