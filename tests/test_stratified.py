@@ -114,6 +114,9 @@ N = 600  # trials per BER: cheap here (compilation dominates), and the t interva
 KW = dict(k_max=2, images_per_trial=32, chunk=16, progress=False)
 
 
+DIGITS_CKPT = []
+
+
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
   """A small_cnn trained 3 epochs on the digits (about 87 %), a Ranger copy of it, and C."""
@@ -133,6 +136,7 @@ def digits(tmp_path_factory):
   h = methods.ranger(model, v, d.x_profile, data, "layer")
   cs = critical.CriticalSet.resolve(v, faults.FaultSpace(), get_format("q15.16"),
                                     critical.parse_critical(CRITICAL))
+  DIGITS_CKPT.append(str(work / "model"))
   return {"relu": (model, v), "ranger": (h.model, h.variables)}, data, cs
 
 
@@ -224,3 +228,45 @@ def test_sequential_mode_targets_means_and_differences(digits):
   tight = stratified.run_stratified_campaign(key, variants, data, BERS, 48, critical_set=cs,
                                              pilot=4, ci_target=0.01, **KW)
   assert [r["n"] for r in tight.summary_rows()] == [48] * 4  # never met: runs to max_trials
+
+
+def test_cli_vulnerability_map_then_stratified_sweep(digits, tmp_path, capsys):
+  import json
+  import os
+
+  from proact_jax import cli
+  vmap, out = str(tmp_path / "v.jsonl"), str(tmp_path / "s.jsonl")
+  assert cli.main(["vulnerability", "--checkpoint", DIGITS_CKPT[0], "--trials", "2",
+                   "--bit-groups", "0:16,16:31,31:32", "--images-per-trial", "32", "--quiet",
+                   "--out", vmap]) == 0
+  cap = capsys.readouterr()
+  assert "| relu | params/" in cap.out and "--critical-map" in cap.err
+  assert open(str(tmp_path / "v.relu.png"), "rb").read(4) == b"\x89PNG"
+  assert os.path.exists(str(tmp_path / "v.summary.csv"))
+  argv = ["sweep", "--checkpoint", DIGITS_CKPT[0], "--bers", "1e-6,3e-6", "--trials", "60",
+          "--images-per-trial", "32", "--chunk", "16", "--stratify", "2", "--quiet",
+          "--out", out]
+  assert cli.main(argv + ["--critical-map", vmap, "--critical-threshold", "1000"]) == 2
+  assert "critical set is empty" in capsys.readouterr().err
+  assert not os.path.exists(out)
+  assert cli.main(argv + ["--critical", CRITICAL]) == 0
+  cap = capsys.readouterr()
+  assert "stratified on" in cap.out and "| relu | 1e-06 | 60 |" in cap.out
+  header = json.loads(open(out).readline())
+  assert header["config"]["strata"]["k_max"] == 2
+  assert cli.main(argv + ["--critical", CRITICAL]) == 0  # resumed: nothing new
+  capsys.readouterr()
+  assert cli.main(["report", out, "--out", str(tmp_path / "report")]) == 0, capsys.readouterr()
+  report = open(str(tmp_path / "report" / "report.md")).read()
+  assert "relu" in report
+  # C from the map: the weight cells above the threshold (the sign bits at least)
+  from proact_jax.commands.args import critical_set
+  from proact_jax.faults import injection as faults
+  from proact_jax.faults.formats import get_format
+  from_map = critical_set(digits[0]["relu"][1], faults.FaultSpace(), get_format("q15.16"), None,
+                          vmap, 0.5)
+  assert ("params/Dense_1/kernel", (31,)) in from_map.sites or any(
+      31 in bits for _, bits in from_map.sites)
+  assert all(not p.startswith("thresholds/") for p, _ in from_map.sites)
+  assert cli.main(["sweep", "--checkpoint", DIGITS_CKPT[0], "--stratify", "2", "--out", out]) == 2
+  assert "needs the critical set" in capsys.readouterr().err
