@@ -12,6 +12,12 @@ File layout (one JSON object per line):
   "n_flips_weights", "n_flips_thresholds"}``: one trial (per-trial key
   ``fold_in(fold_in(key, ber_index), trial)``).
 
+A stratified campaign (:mod:`proact_jax.faults.stratified`) writes the same layout with a
+``strata`` entry in ``config`` (the critical set, ``k_max``, the exact stratum weights per BER)
+and ``stratum`` and ``n_flips_critical`` in its trial rows, which are keyed by (variant,
+ber_index, stratum, trial); :func:`load_results` then returns a :class:`StratifiedResult`. A
+vulnerability map (:mod:`proact_jax.faults.vulnerability`) uses the store with its own keys.
+
 Rows are appended and flushed as trials finish. Reopening a file with the same ``config``
 resumes (a torn last line from a crash is cut off); a different ``config`` is refused.
 """
@@ -367,6 +373,8 @@ def load_results(path: str, reference: str | None = None) -> CampaignResult:
   if header.get("type") != "header":
     raise ValueError(f"{path} is not a proact results file")
   config = header["config"]
+  if config.get("kind") == "vulnerability":
+    raise ValueError(f"{path} is a vulnerability map (proact vulnerability), not a campaign")
   store = ResultsStore(path, config, write=False,
                        key_fields=STRATA_FIELDS if "strata" in config else ResultsStore.KEY)
   variants = list(config["variants"])
