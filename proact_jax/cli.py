@@ -15,6 +15,7 @@ COMMANDS = {
     "train": "train a baseline model and checkpoint it",
     "harden": "find activation thresholds with ranger|ft-clipact|fitact|proact",
     "sweep": "run a bit-flip fault campaign on a checkpoint",
+    "vulnerability": "single-flip accuracy drop per layer and bit, with heatmaps",
     "activations": "activation distances and histograms under faults (Table V, Figs. 3/6)",
     "report": "tables and figures from saved results",
 }

@@ -33,3 +33,72 @@ def variant_name(meta: dict, used: set) -> str:
   while name in used:
     name, i = f"{base}-{i}", i + 1
   return name
+
+
+def load_variants(checkpoints: list[str]) -> tuple[dict, dict]:
+  """Checkpoints compared paired: ``({name: (model, variables)}, {name: (model, variables,
+  meta)})``; several must share the baseline's params, dataset and normalisation."""
+  import os
+
+  from proact_jax.faults.results import fingerprint
+  from proact_jax.training.checkpoint import load_checkpoint
+
+  for d in checkpoints:
+    if not os.path.isdir(d):
+      raise ValueError(f"checkpoint {d} does not exist")
+  variants, entries, used = {}, {}, set()
+  for d in checkpoints:
+    model, variables, meta = load_checkpoint(d)
+    name = variant_name(meta, used)
+    used.add(name)
+    variants[name] = (model, variables)
+    entries[name] = (model, variables, meta)
+  metas = [e[2] for e in entries.values()]
+  if len(variants) > 1:
+    prints = {n: fingerprint(v.get("params", {})) for n, (_, v) in variants.items()}
+    if len(set(prints.values())) > 1:
+      raise ValueError("paired comparison needs checkpoints of the same baseline, but their "
+                       f"params differ ({', '.join(f'{n}: {p}' for n, p in prints.items())})")
+    for m in metas[1:]:
+      if (m["dataset"], m.get("mean"), m.get("std")) != (
+          metas[0]["dataset"], metas[0].get("mean"), metas[0].get("std")):
+        raise ValueError("paired checkpoints must use the same dataset and normalisation")
+  return variants, entries
+
+
+def critical_set(variables, space, fmt, specs: list[str] | None, map_path: str | None,
+                 threshold_pp: float):
+  """The critical set ``C`` of ``sweep --stratify``: ``--critical`` specs and/or the cells of a
+  vulnerability map (``--critical-map``) whose mean single-flip drop exceeds ``threshold_pp``
+  points (in any of its variants; weight leaves only), inside the campaign's fault space."""
+  import dataclasses
+
+  from proact_jax.faults import critical
+  from proact_jax.faults import injection as faults
+  from proact_jax.faults.results import fingerprint
+  from proact_jax.faults.vulnerability import load_vulnerability
+
+  pairs = []
+  for text in specs or []:
+    pairs += list(critical.CriticalSet.resolve(variables, space, fmt,
+                                               critical.parse_critical(text)).sites)
+  if map_path:
+    vmap = load_vulnerability(map_path)
+    params = fingerprint(variables.get("params", {}))
+    if params not in {v.get("params") for v in vmap.config["variants"].values()}:
+      raise ValueError(f"--critical-map {map_path} was measured on other params than the "
+                       "checkpoints' (proact vulnerability on the same baseline)")
+    if vmap.config["format"] != fmt.name:
+      raise ValueError(f"--critical-map {map_path} was measured in format "
+                       f"{vmap.config['format']}, the campaign uses {fmt.name}")
+    cells = vmap.critical_pairs(threshold_pp / 100.0)
+    weights = dataclasses.replace(space, collections=tuple(
+        c for c in space.collections if c != "thresholds"))
+    lo, hi = space.bit_range(fmt)
+    leaves = set(faults.fault_leaves(variables, weights)) if weights.collections else set()
+    pairs += [(leaf, [b for b in bits if lo <= b < hi]) for leaf, bits in cells if leaf in leaves]
+  found = critical.CriticalSet.from_pairs(pairs)
+  if not found.sites:
+    raise ValueError("the critical set is empty: no map cell above --critical-threshold "
+                     f"{threshold_pp} points inside the fault space, and no --critical given")
+  return found

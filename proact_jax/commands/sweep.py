@@ -1,11 +1,14 @@
 """proact sweep --checkpoint DIR [--checkpoint DIR2 ...] --bers 1e-7,...,3e-5 --trials N
 [--format F] [--images N] [--images-per-trial M] [--ci-target PP] [--max-trials N]
 [--layer NAME] [--bits LO:HI] [--no-thresholds-faults] [--seed S] [--trial-batch B]
-[--mode auto|map|vmap] --out FILE
+[--mode auto|map|vmap] [--stratify K_MAX (--critical LAYER:LO:HI | --critical-map FILE
+[--critical-threshold PP]) [--pilot N] [--ci-pairs]] --out FILE
 
 Several checkpoints are compared paired (same trial keys); they must share the baseline's params.
 ``--images N`` fixes the evaluation set (N test images); ``--images-per-trial M``
 evaluates each trial on a fresh random subset of M of those images (the same for every variant).
+``--stratify K_MAX`` stratifies the trials on the number of flips in a critical set of (layer,
+bit) sites (``proact_jax.faults.strata``: exact weights, Neyman allocation, stratified CIs).
 """
 
 from __future__ import annotations
@@ -45,6 +48,24 @@ def add_arguments(p):
   p.add_argument("--data-dir", default=None, help="override the checkpoint's data location")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
   p.add_argument("--out", required=True, help="results file (JSONL); resumed if it exists")
+  g = p.add_argument_group(
+      "stratified sampling", "stratify trials on the number of flips K in a critical set C of "
+      "(layer, bit) sites: strata K = 0 .. K_MAX-1 and K >= K_MAX, exact binomial weights, "
+      "Neyman allocation; --trials is then the total per BER (or, with --ci-target, --max-trials "
+      "the cap)")
+  g.add_argument("--stratify", type=int, default=None, metavar="K_MAX",
+                 help="enable stratified sampling with strata 0 .. K_MAX-1 and a tail")
+  g.add_argument("--critical", action="append", default=None, metavar="LAYER[:LO[:HI]],...",
+                 help="critical sites, e.g. Dense_2:24:32 (bits 24-31 of Dense_2's leaves); "
+                      "repeatable")
+  g.add_argument("--critical-map", default=None, metavar="FILE",
+                 help="take C from a `proact vulnerability` map: the weight cells whose mean "
+                      "single-flip drop exceeds --critical-threshold")
+  g.add_argument("--critical-threshold", type=float, default=0.5, metavar="PP",
+                 help="map cells above this mean drop in points (default 0.5)")
+  g.add_argument("--pilot", type=int, default=8, help="first trials in every stratum (>= 2)")
+  g.add_argument("--ci-pairs", action="store_true",
+                 help="with --ci-target: every pair of variants' difference must reach it too")
 
 
 def run(args) -> int:
@@ -74,6 +95,7 @@ def run(args) -> int:
     raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
   if args.trial_batch is not None and args.trial_batch < 1:
     raise ValueError(f"--trial-batch must be >= 1, got {args.trial_batch}")
+  _check_stratify(args)
   fmt = get_format(args.format)
   lo, hi = parse_bits(args.bits)
   cols = ("params",) if args.no_thresholds_faults else ("params", "thresholds")
@@ -118,11 +140,14 @@ def run(args) -> int:
   if sequential and max_trials < args.trials:
     raise ValueError(f"--max-trials {max_trials} is below --trials {args.trials}")
   extra = campaign_extra(entries, images=args.images, seed=args.seed)  # what proact report needs
-  result = campaign.run_campaign(
-      jax.random.PRNGKey(args.seed), variants, eval_set, bers, max_trials, fmt=fmt, space=space,
-      results_path=out, ci_target=args.ci_target, min_trials=args.trials,
-      max_trials=max_trials, chunk=args.chunk, progress=not args.quiet, config_extra=extra,
-      trial_batch=args.trial_batch, mode=args.mode, images_per_trial=m)
+  if args.stratify is not None:
+    result = _stratified(args, variants, eval_set, bers, fmt, space, extra, max_trials, out)
+  else:
+    result = campaign.run_campaign(
+        jax.random.PRNGKey(args.seed), variants, eval_set, bers, max_trials, fmt=fmt,
+        space=space, results_path=out, ci_target=args.ci_target, min_trials=args.trials,
+        max_trials=max_trials, chunk=args.chunk, progress=not args.quiet, config_extra=extra,
+        trial_batch=args.trial_batch, mode=args.mode, images_per_trial=m)
   if jax.process_index() != 0:  # multi-process: process 0 writes and reports
     return 0
   prefix = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
@@ -130,6 +155,44 @@ def run(args) -> int:
   if m is not None:
     print(f"trials use random subsets of {m} of the {eval_set.n} test images (a fresh subset "
           "per trial; clean accuracy on all of them)")
+  if args.stratify is not None:
+    st = result.config["strata"]
+    print(f"stratified on {st['n_bits']} critical bits (K_MAX {st['k_max']}); trials per "
+          "stratum and the exact weights are in the summary")
   print(result.format_table())
   print(f"results: {out}; summary: {csv_path}, {md_path}", file=sys.stderr)
   return 0
+
+
+def _check_stratify(args):
+  if args.stratify is None:
+    if args.critical or args.critical_map or args.ci_pairs:
+      raise ValueError("--critical, --critical-map and --ci-pairs need --stratify K_MAX")
+    return
+  if args.stratify < 1 or args.pilot < 2:
+    raise ValueError(f"--stratify must be >= 1 and --pilot >= 2, got {args.stratify}, "
+                     f"{args.pilot}")
+  if not args.critical and not args.critical_map:
+    raise ValueError("--stratify needs the critical set: --critical LAYER:LO:HI and/or "
+                     "--critical-map FILE (from proact vulnerability)")
+  if args.ci_pairs and args.ci_target is None:
+    raise ValueError("--ci-pairs needs --ci-target")
+  if not args.critical_threshold >= 0:
+    raise ValueError(f"--critical-threshold must be >= 0 points, got {args.critical_threshold}")
+
+
+def _stratified(args, variants, eval_set, bers, fmt, space, extra, max_trials, out):
+  """``sweep --stratify``: C from --critical / --critical-map, then the stratified campaign."""
+  import jax
+
+  from proact_jax.commands.args import critical_set
+  from proact_jax.faults.stratified import run_stratified_campaign
+
+  cs = critical_set(next(iter(variants.values()))[1], space, fmt, args.critical,
+                    args.critical_map, args.critical_threshold)
+  return run_stratified_campaign(
+      jax.random.PRNGKey(args.seed), variants, eval_set, bers, max_trials, critical_set=cs,
+      k_max=args.stratify, pilot=args.pilot, fmt=fmt, space=space, results_path=out,
+      ci_target=args.ci_target, ci_pairs=args.ci_pairs, max_trials=max_trials,
+      chunk=args.chunk, progress=not args.quiet, config_extra=extra,
+      trial_batch=args.trial_batch, mode=args.mode, images_per_trial=args.images_per_trial)

@@ -29,8 +29,11 @@ traced argument with a static flip cap (``faults.default_cap`` at the largest BE
 compilation serves every BER. Note the candidate draws depend on the cap, hence on the largest
 BER of the campaign: the BER list is part of a campaign's configuration.
 
-Batching (``mode``): ``"map"`` runs trials one after another with ``lax.map`` (``trial_batch``
-> 1 vmaps within chunks of that size); ``"vmap"`` vmaps every trial of a chunk (on CPU, vmapped
+Batching (``mode``): ``"map"`` runs trials one after another, carrying one corrupted tree
+through a ``lax.scan`` and restoring only the previous trial's values before writing the next
+trial's (:mod:`carry`: no copy of the tree per trial; a trial whose sparse draw falls short,
+which the static cap makes rarer than 1e-30, is rerun on the copying path); ``trial_batch``
+> 1 vmaps fresh copies within chunks of that size; ``"vmap"`` vmaps every trial of a chunk (on CPU, vmapped
 parameter copies turn convolutions into grouped convolutions, several times slower);
 ``"auto"`` is map on CPU, vmap on GPU/TPU. The trial axis is sharded over all devices with
 ``shard_map`` (padded to a multiple of the device count; the padding is dropped). Multi-host
@@ -51,8 +54,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from proact_jax.core.evaluate import EvalSet, accuracy_and_loss, eval_apply, evaluate, take_images
+from proact_jax.faults import carry, stats
 from proact_jax.faults import injection as faults
-from proact_jax.faults import stats
 from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
 from proact_jax.faults.results import (CampaignResult, ResultsStore, fingerprint, load_results,
                                        result_from_store)
@@ -80,13 +83,15 @@ def _batched(one: Callable, idx: jax.Array, mode: str, trial_batch: int | None):
 
 @functools.lru_cache(maxsize=64)
 def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: int,
-            images_per_trial: tuple[int, int] | None = None):
-  """jit(f)((clean, aux), data, key, ber_index, ber, idx) -> (acc, loss, n_w, n_t), each
+            images_per_trial: tuple[int, int] | None = None, carried: bool = False):
+  """jit(f)((clean, aux), data, key, ber_index, ber, idx) -> (acc, loss, n_w, n_t, ok), each
   [len(idx)]; ``(clean, aux) = faults.quantize_with_aux(...)``. ``images_per_trial``:
-  ``(n, m)``, evaluate each trial on ``m`` of the ``n`` images (None: all of them)."""
+  ``(n, m)``, evaluate each trial on ``m`` of the ``n`` images (None: all of them).
+  ``carried``: one carried tree (:mod:`carry`; ``ok`` False marks trials to rerun), else a
+  fresh copy per trial (``ok`` always True)."""
   apply_fn = eval_apply(model)
 
-  def local(clean, data, key, ber_index, ber, idx):
+  def copying(clean, data, key, ber_index, ber, idx):
     bkey = jax.random.fold_in(key, ber_index)
 
     def one(t):
@@ -97,10 +102,11 @@ def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: i
       else:
         pick = trial_image_indices(jax.random.fold_in(tkey, 2), *images_per_trial)
         acc, loss = accuracy_and_loss(apply_fn, v, take_images(data, pick))
-      return acc, loss, nw, nt
+      return acc, loss, nw, nt, jnp.bool_(True)
 
     return _batched(one, idx, mode, trial_batch)
 
+  local = carry.campaign_trials(apply_fn, plan, images_per_trial) if carried else copying
   if n_dev == 1:
     return jax.jit(local)
   mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("trials",))
@@ -111,9 +117,13 @@ def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: i
 
 def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: float,
                 trials: Sequence[int], mode: str, trial_batch: int | None,
-                size: int | None = None,
-                images_per_trial: int | None = None) -> tuple[np.ndarray, ...]:
+                size: int | None = None, images_per_trial: int | None = None,
+                carried: bool | None = None) -> tuple[np.ndarray, ...]:
   """Runs the given trial indices (padded to ``size`` and to a multiple of the device count).
+
+  ``carried`` (default: in map mode without ``trial_batch``) carries one corrupted tree through
+  the trials (:mod:`carry`) and reruns the rare trials it flags on the copying path; the
+  numbers are the same either way.
 
   ``clean``: ``faults.quantize_with_aux(variables, plan.fmt, space)``. ``images_per_trial``:
   evaluate each trial on that many random images of ``data`` (None: all of them); the callers
@@ -125,7 +135,10 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
   size = max(size or len(trials), len(trials))
   size = -(-size // n_dev) * n_dev
   idx = np.concatenate([trials, np.full(size - len(trials), trials[-1], np.int32)])
-  f = _runner(model, plan, mode, trial_batch, n_dev, None if m is None else (int(data.n), m))
+  images = None if m is None else (int(data.n), m)
+  if carried is None:
+    carried = mode == "map" and not (trial_batch and trial_batch > 1)
+  f = _runner(model, plan, mode, trial_batch, n_dev, images, carried)
   if n_dev > 1:
     mesh = Mesh(np.asarray(jax.devices()), ("trials",))
     idx = jax.make_array_from_callback(idx.shape, NamedSharding(mesh, P("trials")),
@@ -134,10 +147,17 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     out = multihost_utils.process_allgather(out, tiled=True)
-  acc, loss, nw, nt = (np.asarray(o)[:len(trials)] for o in out)
+  acc, loss, nw, nt, ok = (np.asarray(o)[:len(trials)] for o in out)
   # exact count / n in float64: float32 division may differ in the last bit across batchings
   n_eval = int(data.n) if m is None else m
   acc = np.rint(acc.astype(np.float64) * n_eval) / n_eval
+  if not ok.all():  # carried trials short of sparse candidates: rerun on the copying path
+    redo = np.flatnonzero(~ok)
+    again = _run_trials(model, plan, clean, data, key, ber_index, ber, trials[redo], "map", 1,
+                        len(redo), m, carried=False)
+    acc, loss, nw, nt = (o.copy() for o in (acc, loss, nw, nt))
+    for o, a in zip((acc, loss, nw, nt), again):
+      o[redo] = a
   return acc, loss, nw, nt
 
 

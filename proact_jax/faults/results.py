@@ -12,6 +12,12 @@ File layout (one JSON object per line):
   "n_flips_weights", "n_flips_thresholds"}``: one trial (per-trial key
   ``fold_in(fold_in(key, ber_index), trial)``).
 
+A stratified campaign (:mod:`proact_jax.faults.stratified`) writes the same layout with a
+``strata`` entry in ``config`` (the critical set, ``k_max``, the exact stratum weights per BER)
+and ``stratum`` and ``n_flips_critical`` in its trial rows, which are keyed by (variant,
+ber_index, stratum, trial); :func:`load_results` then returns a :class:`StratifiedResult`. A
+vulnerability map (:mod:`proact_jax.faults.vulnerability`) uses the store with its own keys.
+
 Rows are appended and flushed as trials finish. Reopening a file with the same ``config``
 resumes (a torn last line from a crash is cut off); a different ``config`` is refused.
 """
@@ -31,7 +37,7 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
-from proact_jax.faults import stats
+from proact_jax.faults import stats, strata
 
 _FIELDS = ("accuracy", "loss", "n_flips", "n_flips_weights", "n_flips_thresholds")
 
@@ -85,17 +91,22 @@ class ResultsStore:
     config: the identifying configuration (JSON-serialisable).
     run: informational settings written into a new file's header.
     write: whether this process writes (False on non-zero processes of a multi-host run).
+    key_fields: the row fields identifying a trial (the last one an integer trial index);
+      e.g. a stratified campaign adds ``stratum`` before ``trial``.
 
   Raises:
     ValueError: the file exists and was written by a different configuration, or is not a
       results file.
   """
 
+  KEY = ("variant", "ber_index", "trial")
+
   def __init__(self, path: str | None, config: dict, run: dict | None = None,
-               write: bool = True):
+               write: bool = True, key_fields: tuple[str, ...] | None = None):
     self.path = os.path.abspath(path) if path else None
     self.config = _normalise(config)
-    self.rows: dict[tuple[str, int, int], dict] = {}
+    self.key_fields = tuple(key_fields or self.KEY)
+    self.rows: dict[tuple, dict] = {}
     self.clean: dict[str, dict] = {}
     self._write = write and self.path is not None
     if self.path and os.path.exists(self.path):
@@ -122,7 +133,7 @@ class ResultsStore:
     for line in lines[1:]:
       row = json.loads(line)
       if row.get("type") == "trial":
-        self.rows[(row["variant"], int(row["ber_index"]), int(row["trial"]))] = row
+        self.rows[self._key(row)] = row
       elif row.get("type") == "clean":
         self.clean[row["variant"]] = row
     if self._write and len(complete) != len(data):
@@ -138,13 +149,19 @@ class ResultsStore:
       f.flush()
       os.fsync(f.fileno())
 
-  def done(self, variant: str, ber_index: int) -> set[int]:
-    return {t for (v, b, t) in self.rows if v == variant and b == ber_index}
+  def _key(self, row: dict) -> tuple:
+    return tuple(row[f] if isinstance(row[f], str) else int(row[f]) for f in self.key_fields)
+
+  def done(self, *prefix) -> set[int]:
+    """The trial indices (last key field) of the rows whose key starts with ``prefix`` (by
+    default ``variant, ber_index``)."""
+    k = len(prefix)
+    return {key[-1] for key in self.rows if key[:k] == prefix}
 
   def add_trials(self, rows: Iterable[dict]):
     new = []
     for r in rows:
-      k = (r["variant"], int(r["ber_index"]), int(r["trial"]))
+      k = self._key(r)
       if k not in self.rows:
         self.rows[k] = r
         new.append(r)
@@ -268,8 +285,74 @@ class CampaignResult:
     return csv_path, md_path
 
 
+@dataclasses.dataclass
+class StratifiedResult(CampaignResult):
+  """A stratified campaign's trials (``trials[v][b]`` also holds ``stratum`` and
+  ``n_flips_critical``) summarised with the stratified estimator (:mod:`proact_jax.strata`):
+  means, intervals and paired differences use the exact stratum weights ``weights[b]``;
+  ``mean_flips`` is the stratified mean of the flip counts."""
+  weights: list = dataclasses.field(default_factory=list)
+
+  def _samples(self, v: str, b: int, field: str = "accuracy") -> list[np.ndarray]:
+    t = self.trials[v][b]
+    return [t[field][t["stratum"] == h] for h in range(len(self.weights[b]))]
+
+  def summary_rows(self) -> list[dict]:
+    rows = []
+    for v in self.variants:
+      for i, ber in enumerate(self.bers):
+        s = strata.stratified_summary(self._samples(v, i), self.weights[i], self.confidence)
+        flips = strata.stratified_summary(self._samples(v, i, "n_flips"), self.weights[i])
+        row = {"variant": v, "ber": ber, **{k: s[k] for k in (
+                   "n", "mean", "std", "ci_low", "ci_high", "half_width", "dof")},
+               "n_strata": " ".join(map(str, s["n_strata"])), "mean_flips": flips["mean"],
+               "clean_accuracy": self.clean.get(v, {}).get("accuracy", math.nan),
+               "diff_mean": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan}
+        if v != self.reference:
+          d = self.paired(v, self.reference, i)
+          if d is not None:
+            row.update(diff_mean=d["mean"], diff_ci_low=d["ci_low"], diff_ci_high=d["ci_high"])
+        rows.append(row)
+    return rows
+
+  def paired(self, a: str, b: str, ber_index: int) -> dict | None:
+    """Stratified paired difference a - b over the (stratum, trial) pairs both ran."""
+    ta, tb = self.trials[a][ber_index], self.trials[b][ber_index]
+    xa, xb = [], []
+    for h in range(len(self.weights[ber_index])):
+      ia, ib = ta["stratum"] == h, tb["stratum"] == h
+      _, ja, jb = np.intersect1d(ta["trial"][ia], tb["trial"][ib], return_indices=True)
+      xa.append(ta["accuracy"][ia][ja])
+      xb.append(tb["accuracy"][ib][jb])
+    d = strata.stratified_difference(xa, xb, self.weights[ber_index], self.confidence)
+    return None if not math.isfinite(d["mean"]) else d
+
+
+STRATA_FIELDS = ("variant", "ber_index", "stratum", "trial")
+
+
+def strata_arrays(store: ResultsStore, variant: str, ber_index: int,
+                  counts: list | None = None) -> dict[str, np.ndarray]:
+  """A stratified (variant, BER)'s trials as arrays sorted by (stratum, trial); with ``counts``
+  only trials ``t < counts[h]`` of stratum ``h``."""
+  keys = sorted(k[2:] for k in store.rows if k[:2] == (variant, ber_index)
+                and (counts is None or k[3] < counts[k[2]]))
+  out = {"stratum": np.asarray([k[0] for k in keys], np.int64),
+         "trial": np.asarray([k[1] for k in keys], np.int64)}
+  for f in _FIELDS + ("n_flips_critical",):
+    out[f] = np.asarray([store.rows[(variant, ber_index, *k)][f] for k in keys], np.float64)
+  return out
+
+
 def result_from_store(store: ResultsStore, bers: list, variants: list, reference: str,
                       n_per_ber: list | None = None, confidence: float = 0.95) -> CampaignResult:
+  if "strata" in store.config:
+    weights = store.config["strata"]["weights"]
+    trials = {v: [strata_arrays(store, v, i, None if n_per_ber is None else n_per_ber[i])
+                  for i in range(len(bers))] for v in variants}
+    clean = {v: {"accuracy": r["accuracy"], "loss": r["loss"]} for v, r in store.clean.items()}
+    return StratifiedResult(store.config, list(bers), list(variants), reference, trials, clean,
+                            confidence, store.path, [np.asarray(w) for w in weights])
   trials = {v: [store.arrays(v, i, None if n_per_ber is None else n_per_ber[i])
                 for i in range(len(bers))] for v in variants}
   clean = {v: {"accuracy": r["accuracy"], "loss": r["loss"]} for v, r in store.clean.items()}
@@ -290,6 +373,9 @@ def load_results(path: str, reference: str | None = None) -> CampaignResult:
   if header.get("type") != "header":
     raise ValueError(f"{path} is not a proact results file")
   config = header["config"]
-  store = ResultsStore(path, config, write=False)
+  if config.get("kind") == "vulnerability":
+    raise ValueError(f"{path} is a vulnerability map (proact vulnerability), not a campaign")
+  store = ResultsStore(path, config, write=False,
+                       key_fields=STRATA_FIELDS if "strata" in config else ResultsStore.KEY)
   variants = list(config["variants"])
   return result_from_store(store, config["bers"], variants, reference or variants[0])

@@ -96,25 +96,38 @@ def _dense_masks(key, k, n_values: int, nb: int, lo: int, batch: int) -> jax.Arr
   return jnp.where(comp, chosen ^ full, chosen)
 
 
-def _choose(key, k, n_values: int, lo: int, hi: int, cap: int,
-            sparse_fn: Callable, dense_fn: Callable):
-  """Chooses ``k`` distinct positions; calls ``sparse_fn(value_idx, masks)`` (sorted by value;
-  mask 0 = unused slot) or, when the candidates are too few, ``dense_fn(masks_per_value)``."""
-  nb = hi - lo
+def _sparse_pick(key, k, n_values: int, nb: int, cap: int):
+  """The sparse path's draw of ``k`` distinct positions among ``n_values x nb``: a static batch
+  of candidates sized for ``cap``. Returns ``(sv, sb, take, ok, k_dense, batch)``: candidate
+  values and bits sorted by (value, bit), which of them are taken (the first ``k`` distinct in
+  draw order), whether there were ``k`` distinct ones, and the dense path's key and batch."""
   n_bits = n_values * nb
   m = max(1, cap + math.ceil(4 * cap * cap / n_bits) + 16)
   batch = max(m, min(_DENSE_BATCH, n_bits))
   k_sparse, k_dense = jax.random.split(key)
   _, _, first, (sv, sb, sd) = _candidates(k_sparse, n_values, nb, m)
   ok = jnp.sum(first, dtype=jnp.int32) >= k
+  take = (first & (jnp.cumsum(first) <= k))[sd]  # first k distinct in draw order, sorted
+  return sv, sb, take, ok, k_dense, batch
+
+
+def _sparse_masks(sv, sb, take, lo: int) -> jax.Array:
+  """One combined flip mask per value, on each of its (sorted) entries; 0 on unused ones."""
+  bit = jnp.where(take, jnp.left_shift(jnp.uint32(1), (sb + lo).astype(jnp.uint32)),
+                  jnp.uint32(0))
+  group = jnp.cumsum(jnp.concatenate([jnp.ones((1,), bool), sv[1:] != sv[:-1]])) - 1
+  return jnp.zeros(sv.shape, jnp.uint32).at[group].add(bit)[group]
+
+
+def _choose(key, k, n_values: int, lo: int, hi: int, cap: int,
+            sparse_fn: Callable, dense_fn: Callable):
+  """Chooses ``k`` distinct positions; calls ``sparse_fn(value_idx, masks)`` (sorted by value;
+  mask 0 = unused slot) or, when the candidates are too few, ``dense_fn(masks_per_value)``."""
+  nb = hi - lo
+  sv, sb, take, ok, k_dense, batch = _sparse_pick(key, k, n_values, nb, cap)
 
   def sparse():
-    take = (first & (jnp.cumsum(first) <= k))[sd]  # first k distinct in draw order, sorted
-    bit = jnp.where(take, jnp.left_shift(jnp.uint32(1), (sb + lo).astype(jnp.uint32)),
-                    jnp.uint32(0))
-    group = jnp.cumsum(jnp.concatenate([jnp.ones((1,), bool), sv[1:] != sv[:-1]])) - 1
-    combined = jnp.zeros((m,), jnp.uint32).at[group].add(bit)[group]  # one mask per value
-    return sparse_fn(sv, combined)
+    return sparse_fn(sv, _sparse_masks(sv, sb, take, lo))
 
   def dense():
     return dense_fn(_dense_masks(k_dense, jnp.where(ok, 0, k), n_values, nb, lo, batch))

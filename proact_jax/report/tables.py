@@ -330,7 +330,13 @@ def write_report(paths: Sequence[str], out_dir: str, bers: Sequence[float] | Non
       f"Campaign trials of {g.name} are each evaluated on a fresh random subset of "
       f"{g.campaign.config['images_per_trial']} of the {g.campaign.config['eval_set']['n']} "
       "test images (`images_per_trial`); clean accuracies use all of them.\n"
-      for g in campaigns if g.campaign.config.get("images_per_trial") is not None]
+      for g in campaigns if g.campaign.config.get("images_per_trial") is not None] + [
+      f"Campaign trials of {g.name} are stratified on the number of flips K in "
+      f"{g.campaign.config['strata']['n_bits']} critical bits (strata K = 0 .. "
+      f"{g.campaign.config['strata']['k_max'] - 1} and K >= {g.campaign.config['strata']['k_max']}"
+      ", exact binomial weights): means, CIs and paired differences are stratified estimates "
+      "with Welch-Satterthwaite t intervals (`proact_jax.faults.strata`).\n"
+      for g in campaigns if "strata" in g.campaign.config]
   tables = [("table5_activation_distance", "Table V: mean squared L2 distance of activations",
              *reversed(table5(groups)))]
   if campaigns:
