@@ -100,3 +100,8 @@ def test_table5_eq9_on_a_tiny_model_by_hand():
   rows, md = table5([tables.Group("tiny", "x", activations=a)])
   assert len(rows) == 4
   assert "| relu | 11.25 | 20 |" in md and "| variant | L2, all 2 sites (Eq. 9) |" in md
+  assert s["per_neuron"] is None                                # no site sizes in the file
+  a["site_sizes"] = {"act0": 1, "act1": 2}                      # per neuron: divide by N
+  assert table5_summary(a)["table"]["relu"]["per_neuron"] == pytest.approx(
+      ((5 + 20 / 2) / 2 + (0 + 20 / 2) / 2) / 2)
+  assert "| relu | 11.25 | 20 | 6.25 |" in table5([tables.Group("t", "x", activations=a)])[1]

@@ -14,7 +14,9 @@ distance over ALL activation layers. So:
 
 Eq. 9 also divides by the number N of neurons of a layer; the per-site values here are squared
 norms summed over a site's neurons (per image), as DESIGN.md defines Table V, so a site with
-more neurons weighs more.
+more neurons weighs more. Files that record ``site_sizes`` (neurons per image of each site;
+written since issue 14) get a third column, **per neuron**: the same mean with each site's
+value divided by its size, Eq. 9 with its 1/N.
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ def table5_summary(a: dict) -> dict:
     t = a["table_v"][v]
     by_all = {l: _mean(t[l][s] for s in sites if s in t.get(l, {})) for l in layers}
     by_last = {l: t.get(l, {}).get(last, math.nan) for l in layers}
+    sizes = a.get("site_sizes") or {}
+    per_neuron = (_mean(_mean(t[l][s] / sizes[s] for s in sites if s in t.get(l, {}))
+                        for l in layers) if all(s in sizes for s in sites) else None)
     out[v] = {"all_sites": _mean(by_all.values()), "last_site": _mean(by_last.values()),
+              "per_neuron": per_neuron,
               "by_layer_all": by_all, "by_layer_last": by_last,
               "by_site": {s: _mean(t[l][s] for l in layers if s in t.get(l, {}))
                           for s in sites}}
@@ -77,9 +83,12 @@ def table5(groups: Sequence) -> tuple[list[dict], str]:
             f"({', '.join(sites)}; a site upstream of the faulted layer counts as 0) and the "
             f"{len(layers)} faulted layers; **last site** = at `{last}` only, mean over the "
             "faulted layers.\n\n")
+    neuron = all(tab[v]["per_neuron"] is not None for v in variants)
     summary = markdown_table(
-        ["variant", f"L2, all {len(sites)} sites (Eq. 9)", f"L2, last site `{last}`"],
-        [[v, f(tab[v]["all_sites"]), f(tab[v]["last_site"])] for v in variants])
+        ["variant", f"L2, all {len(sites)} sites (Eq. 9)", f"L2, last site `{last}`"]
+        + (["L2 per neuron, all sites (Eq. 9 with 1/N)"] if neuron else []),
+        [[v, f(tab[v]["all_sites"]), f(tab[v]["last_site"])]
+         + ([f(tab[v]["per_neuron"])] if neuron else []) for v in variants])
     by_layer = [[l] + [f(tab[v]["by_layer_all"][l]) for v in variants] for l in layers]
     by_layer.append(["mean"] + [f(tab[v]["all_sites"]) for v in variants])
     by_site = [[st] + [f(tab[v]["by_site"][st]) for v in variants] for st in sites]
