@@ -111,13 +111,20 @@ def table(runs: list[dict], bers) -> str:
     lines += ["", f"ProAct - X across seeds (paired by seed), fault rule {rule}, pp:", "",
               "| comparison | " + " | ".join(f"BER {b:g}" for b in bers) + " |",
               "|---|" + "---|" * len(bers)]
-    for m in ("ranger", "ft-clipact", "fitact"):
+    from proact_jax.faults.stats import holm, paired_pvalue
+    others = ("ranger", "ft-clipact", "fitact")
+    pv = [paired_pvalue(acc("proact", b), acc(m, b)) for m in others for b in bers]
+    ph = iter(holm(pv))
+    for m in others:
       cells = []
       for b in bers:
         d = np.subtract(acc("proact", b), acc(m, b))
         mean, lo, hi = _t_ci(100 * d)
-        cells.append(f"{mean:+.2f} [{lo:.2f}, {hi:.2f}], {int(np.sum(d > 0))}/{len(d)} seeds > 0")
+        cells.append(f"{mean:+.2f} [{lo:.2f}, {hi:.2f}], p_Holm {next(ph):.2g}, "
+                     f"{int(np.sum(d > 0))}/{len(d)} seeds > 0")
       lines.append(f"| proact - {m} | " + " | ".join(cells) + " |")
+    lines += ["", f"(paired t-test across the {len(runs)} seeds; Holm family: the "
+              f"{len(pv)} comparisons of this table, 3 pairs x {len(bers)} BERs)"]
     flips = {b: np.mean([r["campaign"][rule][f"relu@{b:g}"]["mean_flips"] for r in runs])
              for b in bers}
     lines += ["", "Mean flips per trial (relu): " + ", ".join(
