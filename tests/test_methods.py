@@ -62,7 +62,7 @@ def test_stage_changes_only_its_site(base):
 def test_proact_below_ranger_within_budget(base, tmp_path):
   _, model, variables, _, data = base
   cfg = methods.ProActConfig(last_epochs=6, layer_epochs=3, learning_rate=0.05, budget=0.01,
-                             batch_size=64)
+                             batch_size=64, target=None)  # the fixed-tolerance guard
   h = methods.proact(model, variables, data.x_profile, data.x_train, data.y_train, data.val, cfg,
                      workdir=str(tmp_path / "p"), progress=False)
   prof = pj.profile_max(model, variables, [data.x_profile])

@@ -15,6 +15,7 @@ import time
 from proact_jax.commands.args import parse_bers
 
 DEMO_BERS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
+DEMO_VAL_IMAGES = 500
 
 
 def add_arguments(p):
@@ -67,8 +68,10 @@ def demo(out: str, bers, trials: int, seed: int = 0, progress: bool = True) -> d
   say = print if progress else (lambda *a, **k: None)
   base_dir = os.path.join(out, "base")
   say("[1/4] baseline: small CNN on the 8x8 digits (scikit-learn's embedded copy)")
+  # 500 of the 1,437 training images are held out: ProAct's accuracy guard needs them to hold
+  # the test drop under 1 point (methods/guard.py: with the default 143 no candidate passes).
   train_and_evaluate(TrainConfig(model="small_cnn", dataset="digits", epochs=30, flip=False,
-                                 seed=seed), base_dir, progress=False)
+                                 n_val=DEMO_VAL_IMAGES, seed=seed), base_dir, progress=False)
   model, variables, meta = load_checkpoint(os.path.join(base_dir, "model"))
   say(f"      test accuracy {100 * meta['accuracy']:.2f} %")
   data = checkpoint_data(meta, profile_images=1000, seed=seed)
@@ -89,7 +92,8 @@ def demo(out: str, bers, trials: int, seed: int = 0, progress: bool = True) -> d
       "proact": lambda: methods.proact(
           model, variables, data.x_profile, data.x_train, data.y_train, data.val,
           methods.ProActConfig(last_epochs=30, layer_epochs=15, learning_rate=0.05,
-                               halve_every=10, budget=0.01, seed=seed),
+                               halve_every=10, budget=0.01, seed=seed, target=0.01,
+                               guard_test_images=test.n),
           workdir=os.path.join(out, "hardened", "proact.progress"), progress=False),
   }
   variants = {"relu": (model, variables, meta)}

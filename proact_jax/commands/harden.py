@@ -1,5 +1,5 @@
 """proact harden --checkpoint DIR --method ranger|ft-clipact|fitact|proact [--granularity G]
-[--epochs N] --out DIR"""
+[--epochs N] [--kd-direction student-teacher|teacher-student] [--target PP] --out DIR"""
 
 from __future__ import annotations
 
@@ -20,6 +20,16 @@ def add_arguments(p):
                  help="fitact/proact: Adam learning rate (defaults: fitact 1e-3, proact 0.01)")
   p.add_argument("--budget", type=float, default=0.2,
                  help="proact: clean-accuracy budget in percentage points (default 0.2)")
+  p.add_argument("--kd-direction", default="student-teacher",
+                 choices=["student-teacher", "teacher-student"],
+                 help="proact: KL(student||teacher) as the paper's Eq. 7 (default) or "
+                      "KL(teacher||student) as the authors' toolbox")
+  p.add_argument("--target", type=float, default=1.0,
+                 help="proact: keep thresholds only if the TEST drop stays under this many "
+                      "points with prob. >= Phi(--guard-z) (binomial SE of the validation "
+                      "estimate; 0: only --budget)")
+  p.add_argument("--guard-z", type=float, default=1.645,
+                 help="proact: one-sided normal quantile of the guard (default 1.645: 95 %%)")
   p.add_argument("--profile-images", type=int, default=3000)
   p.add_argument("--train-images", type=int, default=0, help="distillation images (0: all)")
   p.add_argument("--val-images", type=int, default=0, help="guard images (0: all held out)")
@@ -83,8 +93,13 @@ def run(args) -> int:
       kw["last_epochs"] = args.last_epochs
     if args.lr:
       kw["learning_rate"] = args.lr
+    if args.target < 0 or args.target >= 100 or not args.guard_z >= 0:
+      raise ValueError(f"--target must be in [0, 100) points and --guard-z >= 0, got "
+                       f"{args.target} and {args.guard_z}")
     cfg = methods.ProActConfig(granularity=granularity, budget=args.budget / 100,
-                               seed=args.seed, **kw)
+                               seed=args.seed, kd_direction=args.kd_direction,
+                               target=args.target / 100 if args.target else None,
+                               guard_z=args.guard_z, guard_test_images=len(data.x_test), **kw)
     h = methods.proact(model, variables, data.x_profile, data.x_train, data.y_train, data.val,
                        cfg, **common)
   else:

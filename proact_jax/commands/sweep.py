@@ -1,6 +1,7 @@
 """proact sweep --checkpoint DIR [--checkpoint DIR2 ...] --bers 1e-7,...,3e-5 --trials N
 [--format F] [--images N] [--images-per-trial M] [--ci-target PP] [--max-trials N]
-[--layer NAME] [--bits LO:HI] [--no-thresholds-faults] [--seed S] [--trial-batch B]
+[--layer NAME] [--bits LO:HI] [--no-thresholds-faults] [--fault-rule bernoulli|toolbox-floor]
+[--stop-pairwise] [--seed S] [--trial-batch B]
 [--mode auto|map|vmap] [--stratify K_MAX (--critical LAYER:LO:HI | --critical-map FILE
 [--critical-threshold PP]) [--pilot N] [--ci-pairs]] --out FILE
 
@@ -42,6 +43,16 @@ def add_arguments(p):
   p.add_argument("--bits", default=None, help="only bits LO:HI (LO inclusive, HI exclusive)")
   p.add_argument("--no-thresholds-faults", action="store_true",
                  help="do not inject faults into the thresholds")
+  p.add_argument("--fault-rule", default="bernoulli", choices=["bernoulli", "toolbox-floor"],
+                 help="bernoulli: every stored bit flips independently with prob. BER "
+                      "(default); toolbox-floor: the authors' toolbox, exactly "
+                      "floor(n x bits x BER) flips in every leaf (kernels, biases and each "
+                      "threshold tensor separately, so biases, scalar thresholds and small "
+                      "layers are never hit at low BER)")
+  p.add_argument("--stop-pairwise", action="store_true",
+                 help="with --ci-target: stop a BER once every pairwise difference between "
+                      "the protected variants excludes 0 after Holm (x number of BERs) or has "
+                      "a half-width <= the target (capped by --max-trials)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--trial-batch", type=int, default=None)
   p.add_argument("--mode", default="auto", choices=["auto", "map", "vmap"])
@@ -136,18 +147,25 @@ def run(args) -> int:
   if m is not None and m > eval_set.n:
     raise ValueError(f"--images-per-trial {m} exceeds the {eval_set.n} test images")
   sequential = args.ci_target is not None
+  if args.stop_pairwise and not sequential:
+    raise ValueError("--stop-pairwise needs --ci-target (the half-width target)")
   max_trials = (args.max_trials or 10 * args.trials) if sequential else args.trials
   if sequential and max_trials < args.trials:
     raise ValueError(f"--max-trials {max_trials} is below --trials {args.trials}")
   extra = campaign_extra(entries, images=args.images, seed=args.seed)  # what proact report needs
   if args.stratify is not None:
+    if args.fault_rule != "bernoulli" or args.stop_pairwise:
+      raise ValueError("--stratify samples Bernoulli flips and has its own pairwise target "
+                       "(--ci-pairs): it does not combine with --fault-rule toolbox-floor or "
+                       "--stop-pairwise")
     result = _stratified(args, variants, eval_set, bers, fmt, space, extra, max_trials, out)
   else:
     result = campaign.run_campaign(
         jax.random.PRNGKey(args.seed), variants, eval_set, bers, max_trials, fmt=fmt,
         space=space, results_path=out, ci_target=args.ci_target, min_trials=args.trials,
         max_trials=max_trials, chunk=args.chunk, progress=not args.quiet, config_extra=extra,
-        trial_batch=args.trial_batch, mode=args.mode, images_per_trial=m)
+        trial_batch=args.trial_batch, mode=args.mode, images_per_trial=m,
+        fault_rule=args.fault_rule, stop_pairwise=args.stop_pairwise)
   if jax.process_index() != 0:  # multi-process: process 0 writes and reports
     return 0
   prefix = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
@@ -160,6 +178,13 @@ def run(args) -> int:
     print(f"stratified on {st['n_bits']} critical bits (K_MAX {st['k_max']}); trials per "
           "stratum and the exact weights are in the summary")
   print(result.format_table())
+  if sequential and args.stratify is None:
+    n_used = [min(len(result.trials[v][i]["trial"]) for v in result.variants)
+              for i in range(len(bers))]
+    capped = [f"{b:g}" for b, n in zip(bers, n_used) if n >= max_trials]
+    if capped:
+      print(f"the cap --max-trials {max_trials} was hit at BER {', '.join(capped)}: the "
+            "stopping target was not reached there")
   print(f"results: {out}; summary: {csv_path}, {md_path}", file=sys.stderr)
   return 0
 

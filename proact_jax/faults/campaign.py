@@ -197,7 +197,9 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
                  reference: str | None = None, trial_batch: int | None = None,
                  mode: str = "auto", confidence: float = 0.95,
                  on_chunk: Callable | None = None,
-                 images_per_trial: int | None = None) -> CampaignResult:
+                 images_per_trial: int | None = None,
+                 fault_rule: str = "bernoulli",
+                 stop_pairwise: bool = False) -> CampaignResult:
   """A paired campaign over one or several variants, resumable through a JSONL results file.
 
   Args:
@@ -223,6 +225,13 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
       ``fold_in(trial_key, 2)`` (the same for every variant; see module docstring), 1 <= m <=
       ``eval_set.n``; None evaluates every trial on all images. Recorded in the configuration
       when set. The clean accuracy is always measured on the whole eval set.
+    fault_rule: ``"bernoulli"`` (default) or ``"toolbox-floor"``: exactly
+      ``floor(n_leaf * bits * BER)`` flips in every leaf (kernels, biases, threshold tensors;
+      see :func:`trial.make_plan`). Recorded in the configuration when not Bernoulli.
+    stop_pairwise: sequential mode: stop a BER only when every pairwise difference between
+      the non-reference variants either excludes 0 after Holm's correction (over the pairs at
+      that BER) or has a half-width <= ``ci_target`` (:func:`stats.pairwise_should_stop`),
+      instead of every variant's own half-width; ``max_trials`` caps it.
 
   Returns:
     A :class:`CampaignResult`.
@@ -246,8 +255,8 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
   reference = reference or ("relu" if "relu" in variants else names[0])
   if reference not in variants:
     raise ValueError(f"reference variant {reference!r} is not one of {', '.join(names)}")
-  plans = {n: make_plan(v, fmt, space, max(bers), require_match=False)
-           for n, (_, v) in variants.items()}
+  plans = {n: make_plan(v, fmt, space, max(bers), require_match=False, rule=fault_rule,
+                       bers=tuple(bers)) for n, (_, v) in variants.items()}
   if space.layer is not None and all(p.weights is None and p.thresholds is None
                                      for p in plans.values()):
     faults.fault_leaves(variants[names[0]][1], space)  # raises with the layer names
@@ -271,10 +280,13 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
       "eval_set": {"n": int(eval_set.n), "hash": eval_set_hash(eval_set)},
       "extra": config_extra or {},
   }
+  if fault_rule != "bernoulli":  # only when set: Bernoulli results files keep their config
+    config["fault_rule"] = fault_rule
   if images_per_trial is not None:  # only when set: full-set results files keep their config
     config["images_per_trial"] = images_per_trial
     config["image_key"] = "fold_in(trial_key, 2): permutation(n)[:images_per_trial]"
   run = {"trials": int(trials), "ci_target": ci_target, "min_trials": min_trials,
+         **({"stop_pairwise": True} if stop_pairwise else {}),
          "max_trials": max_trials, "chunk": chunk, "mode": mode, "trial_batch": trial_batch,
          "devices": jax.device_count(), "reference": reference}
   store = ResultsStore(results_path, config, run, write=jax.process_index() == 0)
@@ -322,8 +334,13 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
         if bar is not None:
           bar.set_postfix(ber=f"{ber:.0e}", n=n_k, mean=f"{100 * np.mean(accs[reference]):.2f}%",
                           hw=f"{100 * worst:.2f}pp")
-        if sequential and all(stats.should_stop(a, ci_target / 100.0, min_trials, confidence)
-                              for a in accs.values()):
+        if sequential and stop_pairwise:
+          if stats.pairwise_should_stop([accs[v] for v in names if v != "relu"],
+                                        ci_target / 100.0, min_trials, confidence,
+                                        family_multiplier=len(bers)):
+            break
+        elif sequential and all(stats.should_stop(a, ci_target / 100.0, min_trials, confidence)
+                                for a in accs.values()):
           break
       if bar is not None:
         bar.update(len(names) * (bounds[-1] - n_done))

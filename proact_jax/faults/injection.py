@@ -337,15 +337,36 @@ def toolbox_floor_flips(key: chex.PRNGKey, variables: Any, ber: float,
   ``ber`` must be a Python float. Returns ``(variables, total_flips)``.
   """
   _check_prob(ber, "ber")
+  counts = floor_counts(variables, ber, fmt, space)
+  return floor_flips(key, variables, jnp.asarray(counts, jnp.int32), counts, fmt, space)
+
+
+def floor_counts(variables: Any, ber: float, fmt: str | NumberFormat = DEFAULT_FORMAT,
+                 space: FaultSpace = FaultSpace()) -> tuple[int, ...]:
+  """The toolbox rule's flips per leaf of ``space`` (in :func:`fault_leaves` order):
+  ``floor(n_leaf_values * bits * ber)``, computed in float64 on the host."""
+  lo, hi = space.bit_range(get_format(fmt))
+  flat = _flat(variables)
+  return tuple(int(math.floor(int(np.size(flat[p])) * (hi - lo) * float(ber)))
+               for p in _select(flat, space))
+
+
+def floor_flips(key: chex.PRNGKey, variables: Any, counts: jax.Array, caps: Sequence[int],
+                fmt: str | NumberFormat = DEFAULT_FORMAT, space: FaultSpace = FaultSpace(), *,
+                prequantized: bool = False, aux: dict | None = None):
+  """``counts[i]`` distinct flips (traced ints, ``<= caps[i]``, static) in leaf ``i`` of
+  ``space`` (:func:`fault_leaves` order), leaf ``i`` with ``fold_in(key, i)``. The toolbox
+  rule's injector (:func:`toolbox_floor_flips`; the campaign's ``fault_rule="toolbox-floor"``).
+  ``prequantized``, ``aux``: as in :func:`flip_bits`. Returns ``(variables, total flips)``."""
   fmt = get_format(fmt)
   lo, hi = space.bit_range(fmt)
   flat = _flat(variables)
-  out = _quantized(flat, fmt, space)
-  total = 0
+  out = dict(flat) if prequantized else _quantized(flat, fmt, space)
+  total = jnp.int32(0)
   for i, path in enumerate(_select(flat, space)):
-    k = int(math.floor(int(np.size(flat[path])) * (hi - lo) * float(ber)))
-    if k:
+    if caps[i]:
+      auxes = [_leaf_aux(fmt, aux, path)] if prequantized else None
       (out[path],) = _inject(jax.random.fold_in(key, i), [jnp.asarray(flat[path])],
-                             jnp.int32(k), k, fmt, lo, hi, "flip")
-    total += k
-  return traverse_util.unflatten_dict(out), jnp.int32(total)
+                             counts[i], int(caps[i]), fmt, lo, hi, "flip", auxes)
+      total = total + counts[i]
+  return traverse_util.unflatten_dict(out), total

@@ -239,7 +239,9 @@ class CampaignResult:
 
   def pairwise_rows(self, exclude: tuple = ("relu",)) -> list[dict]:
     """Every pair (a, b) of variants (a after b in variant order, ``exclude`` left out) at each
-    BER: the paired difference a - b with its CI and whether the CI excludes 0."""
+    BER: the paired difference a - b with its CI, whether the CI excludes 0, the paired t-test's
+    raw p-value and its Holm-adjusted p-value over the family of every row returned (all pairs
+    x all BERs of this campaign; :func:`stats.holm`)."""
     names = [v for v in self.variants if v not in exclude]
     rows = []
     for i, ber in enumerate(self.bers):
@@ -249,8 +251,17 @@ class CampaignResult:
           if d is not None:
             rows.append({"ber": ber, "a": a, "b": b, "n": d["n"], "diff_mean": d["mean"],
                          "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"],
-                         "decided": bool(d["ci_low"] > 0 or d["ci_high"] < 0)})
+                         "decided": bool(d["ci_low"] > 0 or d["ci_high"] < 0),
+                         "p_value": self.paired_pvalue(a, b, i)})
+    for r, p in zip(rows, stats.holm([r["p_value"] for r in rows])):
+      r["p_holm"] = float(p)
     return rows
+
+  def paired_pvalue(self, a: str, b: str, ber_index: int) -> float:
+    """Two-sided paired t-test p-value of a - b over the trials both ran."""
+    ta, tb = self.trials[a][ber_index], self.trials[b][ber_index]
+    _, ia, ib = np.intersect1d(ta["trial"], tb["trial"], return_indices=True)
+    return stats.paired_pvalue(ta["accuracy"][ia], tb["accuracy"][ib])
 
   def format_table(self) -> str:
     """Markdown table: accuracies and differences in percentage points."""

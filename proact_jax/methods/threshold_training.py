@@ -32,6 +32,7 @@ class ThresholdTraining:
   kd_weight: float = 1.0
   ce_weight: float = 1.0
   gamma: float = 0.0             # weight of sum(lam^2) over the trained sites
+  kd_direction: str = "student-teacher"  # KL(student || teacher), the paper's Eq. 7
 
 
 def make_step(model, tx: optax.GradientTransformation, cfg: ThresholdTraining, trained: dict,
@@ -47,7 +48,8 @@ def make_step(model, tx: optax.GradientTransformation, cfg: ThresholdTraining, t
     logits = model.apply(thr_lib.merge(frozen, thr), x, train=False)
     loss = cfg.ce_weight * jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
     if cfg.kd_weight:
-      loss = loss + cfg.kd_weight * kl_divergence(logits, t_logits, cfg.temperature)
+      loss = loss + cfg.kd_weight * kl_divergence(logits, t_logits, cfg.temperature,
+                                                  cfg.kd_direction)
     if cfg.gamma:
       own = jax.tree_util.tree_map(lambda a, m: a if m else jnp.zeros(()), thr, trained)
       loss = loss + cfg.gamma * l2_thresholds(own)
@@ -77,13 +79,15 @@ def optimizer(cfg: ThresholdTraining, steps_per_epoch: int) -> optax.GradientTra
 def train_thresholds(key: jax.Array, model, frozen: dict, thr: dict, sites: Sequence[str],
                      x: np.ndarray, y: np.ndarray, teacher_logits: np.ndarray | None,
                      val_set: EvalSet, cfg: ThresholdTraining, *, floor: float | None = None,
-                     desc: str = "", progress: bool = True):
+                     desc: str = "", progress: bool = True, guard=None):
   """Trains the thresholds of ``sites`` (all others frozen).
 
   Args:
     key: PRNG key for the per-epoch shuffles.
     floor: the accuracy guard: when given, return the thresholds of the last epoch whose
       validation accuracy was >= floor (None if no epoch was); else those of the last epoch.
+    guard: instead of ``floor``, ``guard(model, variables) -> (accepted, val_accuracy, info)``
+      (:class:`proact_jax.methods.guard.AccuracyGuard`); its info goes into the history.
 
   Returns:
     (thresholds or None, history of per-epoch dicts).
@@ -112,9 +116,13 @@ def train_thresholds(key: jax.Array, model, frozen: dict, thr: dict, sites: Sequ
       idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
       thr, opt_state, loss = step(thr, opt_state, frozen, x[idx], y[idx], t_logits[idx])
       losses.append(loss)
-    acc = evaluate(model, thr_lib.merge(frozen, thr), val_set)[0]
-    history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": acc})
+    if guard is not None:
+      ok, acc, info = guard(model, thr_lib.merge(frozen, thr))
+    else:
+      acc, info = evaluate(model, thr_lib.merge(frozen, thr), val_set)[0], {}
+      ok = floor is None or acc >= floor
+    history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": acc, **info})
     bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", val_acc=f"{acc:.4f}")
-    if floor is None or acc >= floor:
+    if ok:
       accepted = thr
   return accepted, history

@@ -149,7 +149,8 @@ def activation_report(key: chex.PRNGKey, variants: dict, x, *, ber: float = 1e-4
   Returns:
     ``{"type": "activations", "ber", "fmt", "trials", "images", "hist_ber", "variants",
     "layers", "sites", "table_v": {variant: {layer: {site: distance}}}, "histograms":
-    {variant: {site: counts}}}`` plus ``meta``'s items. ``variants``, ``layers`` and ``sites``
+    {variant: {site: counts}}, "site_sizes": {site: neurons per image}}`` plus ``meta``'s
+    items. ``variants``, ``layers`` and ``sites``
     (forward order) keep the order the sorted JSON file loses; counts as in
     :func:`histogram_counts`.
 
@@ -183,10 +184,13 @@ def activation_report(key: chex.PRNGKey, variants: dict, x, *, ber: float = 1e-4
       hists[name] = {s: histogram_counts(v["clean"], v["faulty"], bins)
                      for s, v in samples.items()}
       sites = sites or list(samples)
+  shapes = jax.eval_shape(lambda v, x: activation_faults._capture(first_model, v, x),
+                          dict(first_vars), x)
   out = {"type": "activations", **(meta or {}), "ber": float(ber), "fmt": str(fmt),
          "trials": int(trials), "images": int(x.shape[0]), "hist_ber": float(hist_ber),
          "variants": list(variants), "layers": layers,
-         "sites": _site_order(first_model, x, sites), "table_v": table, "histograms": hists}
+         "sites": _site_order(first_model, x, sites), "table_v": table, "histograms": hists,
+         "site_sizes": {s: int(np.prod(a.shape[1:])) for s, a in shapes.items()}}
   return out
 
 
