@@ -8,8 +8,10 @@ probability ``ber``. Sampled without touching every bit: the count
 ``K ~ Binomial(n_bits, ber)`` (``jax.random.binomial`` on chunks of 2^16 bits, summed as
 integers, so float32 never has to hold ``n_bits``), then ``K`` distinct positions uniform among
 ``n_bits`` (conditioned on ``K``, which is exactly the Bernoulli model). Positions are
-``(value index, bit)`` pairs, drawn with replacement in a static batch of candidates and
-de-duplicated keeping first occurrences in draw order; the first ``K`` distinct ones are used.
+``(value index, bit)`` pairs, drawn with replacement in a static batch of candidates (each an
+exactly uniform 32-bit word reduced mod ``n_bits``, the words of the incomplete last period
+rejected: no modulo bias) and de-duplicated keeping first occurrences in draw order; the first
+``K`` distinct ones are used.
 When fewer than ``K`` distinct candidates exist (``K`` above the static cap, or too many
 collisions), ``lax.cond`` switches to an exact dense path: a loop that draws further candidate
 batches and accepts those not yet chosen until ``K`` are chosen (choosing the ``n_bits - K``
@@ -143,8 +145,9 @@ def _encode_with(fmt: NumberFormat, x: jax.Array, aux: jax.Array) -> jax.Array:
   """``fmt.encode(x)[0]`` with a given aux (the int8 scale of the clean tensor)."""
   if fmt.kind != "int8":
     return fmt.encode(x)[0]
-  x = jnp.asarray(x, jnp.float32)
-  return _to_twos(jnp.clip(jnp.round(x / jnp.asarray(aux, jnp.float32)), -128, 127), 8)
+  x = jnp.asarray(x, jnp.float32)  # clean values q * scale: x / scale is q within 1e-5
+  inv = jnp.float32(1.0) / jnp.asarray(aux, jnp.float32)
+  return _to_twos(jnp.clip(jnp.round(x * inv), -128, 127), 8)
 
 
 def _inject(key, leaves: list, k, cap: int, fmt: NumberFormat, lo: int, hi: int, op: str,
