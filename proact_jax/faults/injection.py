@@ -65,8 +65,9 @@ class FaultSpace:
     bit_lo, bit_hi: only bits ``bit_lo <= bit < bit_hi`` of each word (``bit_hi=None``: the
       format's word length), for per-bit campaigns.
 
-  Every floating leaf of ``collections`` is stored (quantised) in the format, whether or not the
-  filters select it, so the clean reference is the same for every layer or bit filter.
+  The stored model is the whole model in the format: every floating leaf of every collection is
+  quantised, whether or not it is a fault site, so the clean reference is the same for every
+  fault space (collections, layer or bit filter).
   """
   collections: tuple[str, ...] = ("params", "thresholds")
   kernels: bool = True
@@ -197,7 +198,7 @@ def _inject(key, leaves: list, k, cap: int, fmt: NumberFormat, lo: int, hi: int,
 def _quantized(flat: dict, fmt: NumberFormat, space: FaultSpace, aux: dict | None = None) -> dict:
   out = dict(flat)
   for p, x in flat.items():
-    if p[0] in space.collections and _is_float(x):
+    if _is_float(x):  # every collection: the fault space only chooses what can flip
       bits, a = fmt.encode(x)
       out[p] = fmt.decode(bits, a).astype(x.dtype)
       if aux is not None:
@@ -207,8 +208,9 @@ def _quantized(flat: dict, fmt: NumberFormat, space: FaultSpace, aux: dict | Non
 
 def quantize_variables(variables: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
                        space: FaultSpace = FaultSpace()) -> Any:
-  """The clean reference: every floating leaf of ``space.collections`` quantised in ``fmt``
-  (other collections unchanged). Untouched values of every injector equal these bit for bit."""
+  """The clean reference: the whole model in ``fmt`` (every floating leaf of every collection
+  quantised; ``space`` does not change it). Untouched values of every injector equal these bit
+  for bit."""
   return quantize_with_aux(variables, fmt, space)[0]
 
 
@@ -264,9 +266,9 @@ def flip_bits(key: chex.PRNGKey, variables: Any, ber: Any, fmt: str | NumberForm
     space: the fault space (static).
     max_flips: static cap of the fast path; default :func:`default_cap` of the concrete ``ber``
       (required when ``ber`` is traced). Counts above it take the exact dense path.
-    prequantized: ``variables`` is already the clean reference ``quantize_with_aux(v, fmt,
-      s)[0]`` (for a space ``s`` whose collections include ``space``'s): values are taken as
-      they are and only the hit ones are encoded, changed and decoded. The result equals
+    prequantized: ``variables`` is already the clean reference ``quantize_with_aux(v, fmt)[0]``
+      (the same for every space): values are taken as they are and only the hit ones are
+      encoded, changed and decoded. The result equals
       ``flip_bits`` on ``v`` bit for bit, except for fixed-point words of more than 24
       significant bits (|w| >= 256 in Q15.16), whose word is re-derived from the float32 value.
     aux: with ``prequantized``, the ``aux`` of :func:`quantize_with_aux` (required for int8).
