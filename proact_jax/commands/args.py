@@ -35,6 +35,7 @@ NUMERIC = {
     "--warmup-epochs": (float, 0.0, 10.0 ** 5, False),
     "--budget": (float, 0.0, 100.0, False),      # percentage points
     "--ci-target": (float, 0.0, 100.0, True),    # percentage points
+    "--top": (int, 1, 10 ** 6, False),
     "--stratify": (int, 1, 64, False),
     "--pilot": (int, 2, 10 ** 6, False),
     "--critical-threshold": (float, 0.0, 100.0, False),  # percentage points

@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
 from typing import Any, Iterable
 
-import jax
 import numpy as np
 
-from proact_jax.core.files import check_regular_output, lock, tree_digest, unlock
+from proact_jax.core.files import (check_regular_output, json_default as _default, lock,
+                                   tree_digest, unlock, write_bytes_atomic)
 from proact_jax.faults import stats, strata
 
 _FIELDS = ("accuracy", "loss", "n_flips", "n_flips_weights", "n_flips_thresholds")
@@ -50,16 +51,6 @@ def fingerprint(tree: Any) -> str:
 def _normalise(obj: Any) -> Any:
   """JSON round trip, so that tuples/lists and numpy scalars compare equal to what was read."""
   return json.loads(json.dumps(obj, default=_default))
-
-
-def _default(o):
-  if isinstance(o, np.integer):
-    return int(o)
-  if isinstance(o, np.floating):
-    return float(o)
-  if isinstance(o, (np.ndarray, jax.Array)):
-    return np.asarray(o).tolist()
-  raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -108,10 +99,8 @@ class ResultsStore:
       os.makedirs(os.path.dirname(self.path), exist_ok=True)
       self._lock = lock(self.path)  # creates the file empty if absent: a resumable prefix
     try:
-      if self.path and os.path.exists(self.path):
+      if self.path and os.path.exists(self.path):  # a writer's lock created it: at least empty
         self._load(header)
-      elif self._write:
-        self._append([header])
     except BaseException:
       self.close()
       raise
@@ -122,11 +111,9 @@ class ResultsStore:
     self._lock = None
 
   def _torn_header(self, data: bytes) -> bool:
-    """Whether ``data`` (no newline) is a prefix of this campaign's header line, as a crash
-    while writing the header leaves it (the ``run`` part may differ)."""
-    config_part = json.dumps({"type": "header", "config": self.config}, default=_default)[:-1]
-    config_part = config_part.encode()
-    return config_part.startswith(data) or data.startswith(config_part + b', "run": ')
+    """Whether ``data`` is this campaign's header line cut by a crash (``run`` may differ)."""
+    part = json.dumps({"type": "header", "config": self.config}, default=_default)[:-1].encode()
+    return part.startswith(data) or data.startswith(part + b', "run": ')
 
   def _load(self, header_row: dict):
     with open(self.path, "rb") as f:
@@ -163,8 +150,7 @@ class ResultsStore:
         f.truncate(len(complete))
 
   def _append(self, rows: list[dict]):
-    """Appends whole lines; on any failure (a full disk, an interrupt) the file is cut back to
-    its previous length, so it never keeps a torn line."""
+    """Appends whole lines; on a failure (full disk, interrupt) the file is cut back."""
     if not self._write or not rows:
       return
     size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
@@ -309,14 +295,12 @@ class CampaignResult:
     """Writes ``prefix.summary.csv`` and ``prefix.summary.md``; returns their paths."""
     csv_path, md_path = prefix + ".summary.csv", prefix + ".summary.md"
     rows = self.summary_rows()
-    with open(csv_path + ".tmp", "w", newline="") as f:
-      w = csv.DictWriter(f, fieldnames=list(rows[0]))
-      w.writeheader()
-      w.writerows(rows)
-    os.replace(csv_path + ".tmp", csv_path)
-    with open(md_path + ".tmp", "w") as f:
-      f.write(self.format_table() + "\n")
-    os.replace(md_path + ".tmp", md_path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_bytes_atomic(csv_path, buf.getvalue().encode())
+    write_bytes_atomic(md_path, (self.format_table() + "\n").encode())
     return csv_path, md_path
 
 
