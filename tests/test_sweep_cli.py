@@ -31,7 +31,10 @@ def ckpts(tmp_path_factory):
 
 
 def _run(capsys, *argv):
-  rc = cli.main(["sweep", *argv])
+  try:
+    rc = cli.main(["sweep", *argv])
+  except SystemExit as e:   # argparse's range check of numeric options (one line, code 2)
+    rc = e.code
   return rc, capsys.readouterr()
 
 
@@ -68,13 +71,13 @@ def test_sweep_images_per_trial(ckpts, capsys, tmp_path):
     (["--bers", "2"], "outside [0, 1]"),
     (["--bers", "1e-5,abc"], "comma-separated numbers"),
     (["--bers=-1e-5"], "outside [0, 1]"),
-    (["--trials", "0"], "--trials must be >= 1"),
+    (["--trials", "0"], "argument --trials: expected an integer in [1, "),
     (["--format", "q40.40"], "exceeds 32"),
     (["--format", "fp8"], "unknown number format"),
     (["--layer", "nope"], "matches no leaf"),
     (["--bits", "0:40"], "not inside"),
     (["--ci-target", "0"], "--ci-target"),
-    (["--images-per-trial", "0"], "--images-per-trial must be >= 1"),
+    (["--images-per-trial", "0"], "argument --images-per-trial: expected an integer in [1, "),
     (["--images", "20", "--images-per-trial", "21"], "exceeds the 20 test images"),
     (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
     (["--checkpoint", "OTHER"], "params differ"),

@@ -1,7 +1,69 @@
-"""Command-line parsing shared by the ``proact`` subcommands: BER lists, bit ranges, and the
-names of the variants a list of checkpoints is compared under."""
+"""Command-line parsing shared by the ``proact`` subcommands: the range of every numeric option
+(:data:`NUMERIC`, the one place they are defined; :func:`number` is the argparse ``type``),
+BER lists, bit ranges, and the names of the variants a list of checkpoints is compared under."""
 
 from __future__ import annotations
+
+import argparse
+import math
+
+_COUNT = 10 ** 8  # images, trials: far above any real run, far below what overflows or hangs
+# option: (int or float, lowest, highest, whether the lowest is excluded)
+NUMERIC = {
+    "--trials": (int, 1, 10 ** 6, False),
+    "--max-trials": (int, 1, 10 ** 6, False),
+    "--chunk": (int, 1, 10 ** 6, False),
+    "--trial-batch": (int, 1, 10 ** 6, False),
+    "--images": (int, 0, _COUNT, False),
+    "--images-per-trial": (int, 1, _COUNT, False),
+    "--profile-images": (int, 0, _COUNT, False),
+    "--train-images": (int, 0, _COUNT, False),
+    "--val-images": (int, 0, _COUNT, False),
+    "--test-images": (int, 0, _COUNT, False),
+    "--train-subset": (int, 0, _COUNT, False),
+    "--fi-images": (int, 1, _COUNT, False),
+    "--fi-trials": (int, 1, 10 ** 6, False),
+    "--fi-max-rounds": (int, 1, 100, False),
+    "--epochs": (int, 1, 10 ** 5, False),
+    "--last-epochs": (int, 1, 10 ** 5, False),
+    "--batch-size": (int, 1, 2 ** 20, False),
+    "--seed": (int, 0, 2 ** 31 - 1, False),
+    "--num-processes": (int, 1, 2 ** 16, False),
+    "--process-id": (int, 0, 2 ** 16, False),
+    "--lr": (float, 0.0, 100.0, True),
+    "--weight-decay": (float, 0.0, 1.0, False),
+    "--warmup-epochs": (float, 0.0, 10.0 ** 5, False),
+    "--budget": (float, 0.0, 100.0, False),      # percentage points
+    "--target": (float, 0.0, 100.0, False),      # percentage points (0: no test-drop target)
+    "--guard-z": (float, 0.0, 10.0, False),
+    "--ci-target": (float, 0.0, 100.0, True),    # percentage points
+    "--top": (int, 1, 10 ** 6, False),
+    "--stratify": (int, 1, 64, False),
+    "--pilot": (int, 2, 10 ** 6, False),
+    "--critical-threshold": (float, 0.0, 100.0, False),  # percentage points
+    "--ber": (float, 0.0, 1.0, False),
+    "--hist-ber": (float, 0.0, 1.0, False),
+}
+
+
+def number(option: str):
+  """The argparse ``type`` of a numeric option: parses and checks the range in :data:`NUMERIC`
+  (finite; integers written as integers), or raises a one-line ``ArgumentTypeError``."""
+  kind, lo, hi, lo_open = NUMERIC[option]
+  bounds = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" if kind is float else f"[{lo}, {hi}]"
+  what = f"{'an integer' if kind is int else 'a finite number'} in {bounds}"
+
+  def parse(text: str):
+    try:
+      v = kind(text)
+    except (TypeError, ValueError):
+      raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if (kind is float and not math.isfinite(v)) or v > hi or (v <= lo if lo_open else v < lo):
+      raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return v
+
+  parse.__name__ = f"{option} value"
+  return parse
 
 
 def parse_bers(text: str) -> list[float]:

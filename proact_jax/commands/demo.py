@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 
-from proact_jax.commands.args import parse_bers
+from proact_jax.commands.args import number, parse_bers
 
 DEMO_BERS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
 DEMO_VAL_IMAGES = 500
@@ -20,13 +20,17 @@ DEMO_VAL_IMAGES = 500
 
 def add_arguments(p):
   p.add_argument("--out", default="proact-demo", help="output directory (default proact-demo)")
-  p.add_argument("--trials", type=int, default=60, help="fault trials per BER (default 60)")
+  p.add_argument("--trials", type=number("--trials"), default=60,
+                 help="fault trials per BER (default 60)")
   p.add_argument("--bers", default=",".join(f"{b:g}" for b in DEMO_BERS))
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=number("--seed"), default=0)
   p.add_argument("--quiet", action="store_true")
 
 
 def _check_writable(out: str) -> None:
+  if os.path.isdir(out) and os.listdir(out) and not os.path.isdir(os.path.join(out, "base")):
+    raise ValueError(f"--out {out} is neither empty nor a previous demo's directory (refusing to "
+                     "write over files proact did not write); pass a new directory")
   try:
     os.makedirs(out, exist_ok=True)
     probe = os.path.join(out, ".write-test")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from proact_jax.commands.args import parse_bers, parse_bits, variant_name
+from proact_jax.commands.args import number, parse_bers, parse_bits, variant_name
 
 PAPER_BERS = "1e-7,3e-7,1e-6,3e-6,1e-5,3e-5"
 
@@ -26,19 +26,20 @@ def add_arguments(p):
   p.add_argument("--checkpoint", action="append", required=True,
                  help="checkpoint directory; repeat for a paired comparison")
   p.add_argument("--bers", default=PAPER_BERS, help=f"comma-separated (default {PAPER_BERS})")
-  p.add_argument("--trials", type=int, default=500,
+  p.add_argument("--trials", type=number("--trials"), default=500,
                  help="trials per BER (with --ci-target: the minimum)")
   p.add_argument("--format", default="q15.16", help="q15.16 | qM.N | float32 | bf16 | fp16 | int8")
-  p.add_argument("--images", type=int, default=0, help="test images in the evaluation set (0: all)")
-  p.add_argument("--images-per-trial", type=int, default=None,
+  p.add_argument("--images", type=number("--images"), default=0,
+                 help="test images in the evaluation set (0: all)")
+  p.add_argument("--images-per-trial", type=number("--images-per-trial"), default=None,
                  help="evaluate each trial on a fresh random subset of M test images "
                       "(default: all)")
-  p.add_argument("--ci-target", type=float, default=None,
+  p.add_argument("--ci-target", type=number("--ci-target"), default=None,
                  help="sequential mode: stop a BER once every 95%% CI half-width is <= PP "
                       "accuracy points")
-  p.add_argument("--max-trials", type=int, default=None,
+  p.add_argument("--max-trials", type=number("--max-trials"), default=None,
                  help="sequential mode: at most N trials per BER (default 10 x --trials)")
-  p.add_argument("--chunk", type=int, default=None, help="trials per saved chunk")
+  p.add_argument("--chunk", type=number("--chunk"), default=None, help="trials per saved chunk")
   p.add_argument("--layer", default=None, help="inject only into this layer / threshold site")
   p.add_argument("--bits", default=None, help="only bits LO:HI (LO inclusive, HI exclusive)")
   p.add_argument("--no-thresholds-faults", action="store_true",
@@ -53,8 +54,8 @@ def add_arguments(p):
                  help="with --ci-target: stop a BER once every pairwise difference between "
                       "the protected variants excludes 0 after Holm (x number of BERs) or has "
                       "a half-width <= the target (capped by --max-trials)")
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--trial-batch", type=int, default=None)
+  p.add_argument("--seed", type=number("--seed"), default=0)
+  p.add_argument("--trial-batch", type=number("--trial-batch"), default=None)
   p.add_argument("--mode", default="auto", choices=["auto", "map", "vmap"])
   p.add_argument("--data-dir", default=None, help="override the checkpoint's data location")
   p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -64,7 +65,7 @@ def add_arguments(p):
       "(layer, bit) sites: strata K = 0 .. K_MAX-1 and K >= K_MAX, exact binomial weights, "
       "Neyman allocation; --trials is then the total per BER (or, with --ci-target, --max-trials "
       "the cap)")
-  g.add_argument("--stratify", type=int, default=None, metavar="K_MAX",
+  g.add_argument("--stratify", type=number("--stratify"), default=None, metavar="K_MAX",
                  help="enable stratified sampling with strata 0 .. K_MAX-1 and a tail")
   g.add_argument("--critical", action="append", default=None, metavar="LAYER[:LO[:HI]],...",
                  help="critical sites, e.g. Dense_2:24:32 (bits 24-31 of Dense_2's leaves); "
@@ -72,9 +73,11 @@ def add_arguments(p):
   g.add_argument("--critical-map", default=None, metavar="FILE",
                  help="take C from a `proact vulnerability` map: the weight cells whose mean "
                       "single-flip drop exceeds --critical-threshold")
-  g.add_argument("--critical-threshold", type=float, default=0.5, metavar="PP",
+  g.add_argument("--critical-threshold", type=number("--critical-threshold"), default=0.5,
+                 metavar="PP",
                  help="map cells above this mean drop in points (default 0.5)")
-  g.add_argument("--pilot", type=int, default=8, help="first trials in every stratum (>= 2)")
+  g.add_argument("--pilot", type=number("--pilot"), default=8,
+                 help="first trials in every stratum (>= 2)")
   g.add_argument("--ci-pairs", action="store_true",
                  help="with --ci-target: every pair of variants' difference must reach it too")
 
@@ -83,6 +86,7 @@ def run(args) -> int:
   import jax
 
   from proact_jax.core.evaluate import make_eval_set
+  from proact_jax.core.files import check_regular_output
   from proact_jax.faults import campaign
   from proact_jax.faults import injection as faults
   from proact_jax.faults.formats import get_format
@@ -91,21 +95,7 @@ def run(args) -> int:
   from proact_jax.training.checkpoint import load_checkpoint
   from proact_jax.training.checkpoint_data import checkpoint_data
 
-  bers = parse_bers(args.bers)
-  if args.trials < 1:
-    raise ValueError(f"--trials must be >= 1, got {args.trials}")
-  if args.images < 0:
-    raise ValueError(f"--images must be >= 0, got {args.images}")
-  if args.images_per_trial is not None and args.images_per_trial < 1:
-    raise ValueError(f"--images-per-trial must be >= 1, got {args.images_per_trial}")
-  if args.ci_target is not None and not args.ci_target > 0:
-    raise ValueError(f"--ci-target must be > 0 points, got {args.ci_target}")
-  if args.max_trials is not None and args.max_trials < 1:
-    raise ValueError(f"--max-trials must be >= 1, got {args.max_trials}")
-  if args.chunk is not None and args.chunk < 1:
-    raise ValueError(f"--chunk must be >= 1, got {args.chunk}")
-  if args.trial_batch is not None and args.trial_batch < 1:
-    raise ValueError(f"--trial-batch must be >= 1, got {args.trial_batch}")
+  bers = parse_bers(args.bers)  # numeric options: ranges checked by argparse (args.NUMERIC)
   _check_stratify(args)
   fmt = get_format(args.format)
   lo, hi = parse_bits(args.bits)
@@ -113,8 +103,13 @@ def run(args) -> int:
   space = faults.FaultSpace(collections=cols, layer=args.layer, bit_lo=lo, bit_hi=hi)
   space.bit_range(fmt)
   out = os.path.abspath(args.out)
-  if os.path.isdir(out):
-    raise ValueError(f"--out {out} is a directory; expected a results file")
+  check_regular_output(out)
+  prefix = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
+  if not os.path.exists(out) or os.path.getsize(out) == 0:  # a new campaign: no summary yet
+    for f in (prefix + ".summary.csv", prefix + ".summary.md"):
+      if os.path.lexists(f):
+        raise ValueError(f"{f} exists but its results file {out} does not (proact did not "
+                         "write it); move it away or use another --out")
   for d in args.checkpoint:
     if not os.path.isdir(d):
       raise ValueError(f"checkpoint {d} does not exist")
@@ -168,7 +163,6 @@ def run(args) -> int:
         fault_rule=args.fault_rule, stop_pairwise=args.stop_pairwise)
   if jax.process_index() != 0:  # multi-process: process 0 writes and reports
     return 0
-  prefix = out[:-len(".jsonl")] if out.endswith(".jsonl") else out
   csv_path, md_path = result.write_summary(prefix)
   if m is not None:
     print(f"trials use random subsets of {m} of the {eval_set.n} test images (a fresh subset "

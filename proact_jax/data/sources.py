@@ -53,7 +53,12 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
   if key not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
   if key == "digits":
+    if data_dir is not None:
+      raise ValueError(f"dataset 'digits' is embedded in scikit-learn and reads no data "
+                       f"directory; drop --data-dir {data_dir}")
     return _load_digits(seed)
+  if data_dir is not None and not os.path.exists(os.path.expanduser(data_dir)):
+    raise ValueError(f"data directory {data_dir} does not exist")
   if key == "folder":
     if data_dir is None:
       raise ValueError("dataset 'folder' needs data_dir (an image folder root or its .tar.gz)")
@@ -87,6 +92,8 @@ def _load_tfds(name: str, data_dir: str | None, download: bool) -> Dataset:
   except ImportError:
     raise ValueError(f"{name}: no local copy found and tensorflow-datasets is not installed; "
                      f"{hint}") from None
+  import logging
+  logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warns before it raises: one line
   try:
     splits, info = tfds.load(name, split=["train", "test"], data_dir=data_dir, download=download,
                              batch_size=-1, with_info=True)

@@ -267,7 +267,8 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
     chunk = 10 if sequential else -(-int(trials) // -(-int(trials) // 64))
   chunk = max(1, int(chunk))
   config = {
-      "version": 1, "key": np.asarray(jax.random.key_data(key)).tolist(), "bers": bers,
+      # 2: exactly uniform positions and the whole model quantised (files of 1 are not resumed)
+      "version": 2, "key": np.asarray(jax.random.key_data(key)).tolist(), "bers": bers,
       "format": fmt.name, "space": dataclasses.asdict(space),
       "trial_key": "fold_in(fold_in(key, ber_index), trial); weights fold_in(k, 0), "
                    "thresholds fold_in(k, 1)",
@@ -290,10 +291,11 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
          "max_trials": max_trials, "chunk": chunk, "mode": mode, "trial_batch": trial_batch,
          "devices": jax.device_count(), "reference": reference}
   store = ResultsStore(results_path, config, run, write=jax.process_index() == 0)
-  clean = {n: faults.quantize_with_aux(v, fmt, space) for n, (_, v) in variants.items()}
-  for n, (m, _) in variants.items():
-    if n not in store.clean:
-      store.add_clean(n, *evaluate(m, clean[n][0], eval_set))
+  try:
+    clean = _clean_references(store, variants, fmt, space, eval_set)
+  except BaseException:
+    store.close()
+    raise
 
   if sequential:
     first = -(-min_trials // chunk) * chunk
@@ -348,4 +350,16 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
   finally:
     if bar is not None:
       bar.close()
+    store.close()
   return result_from_store(store, bers, names, reference, final_n, confidence)
+
+
+def _clean_references(store: ResultsStore, variants: dict, fmt, space, eval_set: EvalSet):
+  """Each variant's clean tree (the whole model in ``fmt``) with its aux; records the clean
+  accuracy, as the exact count correct / n like the trials', when the store lacks it."""
+  clean = {n: faults.quantize_with_aux(v, fmt, space) for n, (_, v) in variants.items()}
+  for n, (m, _) in variants.items():
+    if n not in store.clean:
+      acc, loss = evaluate(m, clean[n][0], eval_set)
+      store.add_clean(n, np.rint(np.float64(acc) * eval_set.n) / eval_set.n, loss)
+  return clean

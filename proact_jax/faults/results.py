@@ -18,25 +18,27 @@ and ``stratum`` and ``n_flips_critical`` in its trial rows, which are keyed by (
 ber_index, stratum, trial); :func:`load_results` then returns a :class:`StratifiedResult`. A
 vulnerability map (:mod:`proact_jax.faults.vulnerability`) uses the store with its own keys.
 
-Rows are appended and flushed as trials finish. Reopening a file with the same ``config``
-resumes (a torn last line from a crash is cut off); a different ``config`` is refused.
+Rows are appended as whole lines and fsynced as trials finish (a failed append, e.g. on a full
+disk, is cut back). Reopening a file with the same ``config`` resumes from any prefix a crash can
+leave: an empty file, a torn header, a torn last line; a different ``config`` is refused. The
+writing process holds an exclusive ``flock`` on the file, so a second writer is refused.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
+import io
 import json
 import math
 import os
 from typing import Any, Iterable
 
-import jax
 import numpy as np
-from flax import traverse_util
-from flax.core import unfreeze
 
+from proact_jax.core.files import (check_regular_output, json_default as _default,
+                                   json_differences, lock, normalise_json, tree_digest, unlock,
+                                   write_bytes_atomic)
 from proact_jax.faults import stats, strata
 
 _FIELDS = ("accuracy", "loss", "n_flips", "n_flips_weights", "n_flips_thresholds")
@@ -44,43 +46,7 @@ _FIELDS = ("accuracy", "loss", "n_flips", "n_flips_weights", "n_flips_thresholds
 
 def fingerprint(tree: Any) -> str:
   """SHA-256 (hex, 16 chars) over the sorted leaf paths, dtypes, shapes and bytes of a pytree."""
-  h = hashlib.sha256()
-  flat = traverse_util.flatten_dict(unfreeze(dict(tree))) if isinstance(tree, dict) else {
-      (str(i),): leaf for i, leaf in enumerate(jax.tree_util.tree_leaves(tree))}
-  for path in sorted(flat):
-    a = np.ascontiguousarray(np.asarray(flat[path]))
-    h.update("/".join(map(str, path)).encode())
-    h.update(f"{a.dtype}{a.shape}".encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
-
-
-def _normalise(obj: Any) -> Any:
-  """JSON round trip, so that tuples/lists and numpy scalars compare equal to what was read."""
-  return json.loads(json.dumps(obj, default=_default))
-
-
-def _default(o):
-  if isinstance(o, np.integer):
-    return int(o)
-  if isinstance(o, np.floating):
-    return float(o)
-  if isinstance(o, (np.ndarray, jax.Array)):
-    return np.asarray(o).tolist()
-  raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for k in sorted(set(a) | set(b)):
-      name = f"{prefix}.{k}" if prefix else str(k)
-      if k not in a or k not in b:
-        out.append(name)
-      else:
-        out += _differences(a[k], b[k], name)
-    return out
-  return [] if a == b else [prefix or "config"]
+  return tree_digest(tree)[:16]
 
 
 class ResultsStore:
@@ -104,50 +70,87 @@ class ResultsStore:
   def __init__(self, path: str | None, config: dict, run: dict | None = None,
                write: bool = True, key_fields: tuple[str, ...] | None = None):
     self.path = os.path.abspath(path) if path else None
-    self.config = _normalise(config)
+    self.config = normalise_json(config)
     self.key_fields = tuple(key_fields or self.KEY)
     self.rows: dict[tuple, dict] = {}
     self.clean: dict[str, dict] = {}
     self._write = write and self.path is not None
-    if self.path and os.path.exists(self.path):
-      self._load()
-    elif self._write:
+    self._lock = None
+    header = {"type": "header", "config": self.config, "run": normalise_json(run or {})}
+    if self._write:
+      check_regular_output(self.path, "results file")
       os.makedirs(os.path.dirname(self.path), exist_ok=True)
-      self._append([{"type": "header", "config": self.config, "run": _normalise(run or {})}])
+      self._lock = lock(self.path)  # creates the file empty if absent: a resumable prefix
+    try:
+      if self.path and os.path.exists(self.path):  # a writer's lock created it: at least empty
+        self._load(header)
+    except BaseException:
+      self.close()
+      raise
 
-  def _load(self):
+  def close(self) -> None:
+    """Releases the results file's lock (the process's exit does too)."""
+    unlock(self._lock)
+    self._lock = None
+
+  def _torn_header(self, data: bytes) -> bool:
+    """Whether ``data`` is this campaign's header line cut by a crash (``run`` may differ)."""
+    part = json.dumps({"type": "header", "config": self.config}, default=_default)[:-1].encode()
+    return part.startswith(data) or data.startswith(part + b', "run": ')
+
+  def _load(self, header_row: dict):
     with open(self.path, "rb") as f:
       data = f.read()
     complete = data[:data.rfind(b"\n") + 1]  # a torn final line (crash mid-write) is dropped
-    lines = complete.decode().splitlines()
+    if not complete and self._write and (not data or self._torn_header(data)):
+      with open(self.path, "r+b") as f:  # empty, or a torn header: start the file again
+        f.truncate(0)
+      self._append([header_row])
+      return
     try:
+      lines = complete.decode().splitlines()
       header = json.loads(lines[0]) if lines else None
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError):
       header = None
     if not isinstance(header, dict) or header.get("type") != "header":
       raise ValueError(f"results file {self.path} is not a proact results file; use another --out")
-    diff = _differences(header.get("config"), self.config)
+    diff = json_differences(header.get("config"), self.config)
     if diff:
       raise ValueError(f"results file {self.path} was written by a different configuration "
                        f"(differs in: {', '.join(diff[:8])}); use another --out")
-    for line in lines[1:]:
-      row = json.loads(line)
-      if row.get("type") == "trial":
-        self.rows[self._key(row)] = row
-      elif row.get("type") == "clean":
-        self.clean[row["variant"]] = row
+    for i, line in enumerate(lines[1:], 2):
+      try:
+        row = json.loads(line)
+        if row.get("type") == "trial":
+          self.rows[self._key(row)] = row
+        elif row.get("type") == "clean":
+          self.clean[row["variant"]] = row
+      except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"results file {self.path} is damaged at line {i} (not a crash's torn "
+                         "last line); use another --out") from None
     if self._write and len(complete) != len(data):
       with open(self.path, "r+b") as f:
         f.truncate(len(complete))
 
   def _append(self, rows: list[dict]):
+    """Appends whole lines; on a failure (full disk, interrupt) the file is cut back."""
     if not self._write or not rows:
       return
-    with open(self.path, "a") as f:
-      for r in rows:
-        f.write(json.dumps(r, default=_default) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
+    size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+    try:
+      with open(self.path, "a") as f:
+        for r in rows:
+          f.write(json.dumps(r, default=_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    except BaseException as e:
+      try:
+        os.truncate(self.path, size)
+      except OSError:
+        pass
+      if isinstance(e, OSError) and not e.filename:
+        raise OSError(e.errno, e.strerror, self.path) from None
+      raise
 
   def _key(self, row: dict) -> tuple:
     return tuple(row[f] if isinstance(row[f], str) else int(row[f]) for f in self.key_fields)
@@ -216,7 +219,7 @@ class CampaignResult:
     for v in self.variants:
       for i, ber in enumerate(self.bers):
         t = self.trials[v][i]
-        s = stats.summarize(t["accuracy"], self.confidence)
+        s = stats.summarize(t["accuracy"], self.confidence, bounds=(0.0, 1.0))
         row = {"variant": v, "ber": ber, **s,
                "mean_flips": float(np.mean(t["n_flips"])) if len(t["n_flips"]) else math.nan,
                "clean_accuracy": self.clean.get(v, {}).get("accuracy", math.nan),
@@ -235,7 +238,8 @@ class CampaignResult:
     common, ia, ib = np.intersect1d(ta["trial"], tb["trial"], return_indices=True)
     if len(common) < 2:
       return None
-    return stats.paired_difference(ta["accuracy"][ia], tb["accuracy"][ib], self.confidence)
+    return stats.paired_difference(ta["accuracy"][ia], tb["accuracy"][ib], self.confidence,
+                                   bounds=(-1.0, 1.0))
 
   def pairwise_rows(self, exclude: tuple = ("relu",)) -> list[dict]:
     """Every pair (a, b) of variants (a after b in variant order, ``exclude`` left out) at each
@@ -285,14 +289,12 @@ class CampaignResult:
     """Writes ``prefix.summary.csv`` and ``prefix.summary.md``; returns their paths."""
     csv_path, md_path = prefix + ".summary.csv", prefix + ".summary.md"
     rows = self.summary_rows()
-    with open(csv_path + ".tmp", "w", newline="") as f:
-      w = csv.DictWriter(f, fieldnames=list(rows[0]))
-      w.writeheader()
-      w.writerows(rows)
-    os.replace(csv_path + ".tmp", csv_path)
-    with open(md_path + ".tmp", "w") as f:
-      f.write(self.format_table() + "\n")
-    os.replace(md_path + ".tmp", md_path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_bytes_atomic(csv_path, buf.getvalue().encode())
+    write_bytes_atomic(md_path, (self.format_table() + "\n").encode())
     return csv_path, md_path
 
 

@@ -1,6 +1,9 @@
 """Statistics of fault-injection campaigns: confidence intervals, sample sizes, stopping rules.
 
-numpy/scipy only. Intervals are Student-t intervals on the mean of per-trial accuracies.
+numpy/scipy only. Intervals are Student-t intervals on the mean of per-trial accuracies; where
+they would leave the possible range (an accuracy outside [0, 1], e.g. a mean near 100 % over
+few trials) they are clipped to it (``bounds``), not replaced by Wilson intervals: the samples
+are per-trial accuracies, not one binomial proportion.
 Sample-size planning follows Leveugle et al., "Statistical fault injection: quantified error and
 confidence", DATE 2009, or a pilot run's variance.
 """
@@ -20,8 +23,13 @@ def _t(confidence: float, dof: float) -> float:
   return float(sps.t.ppf(0.5 + confidence / 2.0, dof))
 
 
-def summarize(acc_samples: Sequence[float], confidence: float = 0.95) -> dict:
+def summarize(acc_samples: Sequence[float], confidence: float = 0.95,
+              bounds: tuple[float, float] | None = None) -> dict:
   """Mean of the samples with its Student-t confidence interval.
+
+  Args:
+    bounds: the range the samples' mean cannot leave (``(0, 1)`` for accuracies); the interval
+      is clipped to it (``half_width`` stays the t half-width).
 
   Returns:
     ``dict(n, mean, std, ci_low, ci_high, half_width)``; ``std`` is the sample standard
@@ -34,7 +42,10 @@ def summarize(acc_samples: Sequence[float], confidence: float = 0.95) -> dict:
   half = _t(confidence, n - 1) * std / math.sqrt(n) if n > 1 else math.inf
   if n == 0:
     half = math.nan
-  return dict(n=n, mean=mean, std=std, ci_low=mean - half, ci_high=mean + half, half_width=half)
+  low, high = mean - half, mean + half
+  if bounds is not None and n:
+    low, high = (float(np.clip(v, *bounds)) for v in (low, high))
+  return dict(n=n, mean=mean, std=std, ci_low=low, ci_high=high, half_width=half)
 
 
 def leveugle_sample_size(population: int, margin: float, confidence: float = 0.95,
@@ -82,7 +93,8 @@ def should_stop(samples: Sequence[float], target_half_width: float, min_trials: 
   return summarize(samples, confidence)["half_width"] <= target_half_width
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
+                      bounds: tuple[float, float] | None = None) -> dict:
   """Mean of ``a[i] - b[i]`` (trials sharing a fault draw) with its own t interval.
 
   Returns the :func:`summarize` dict of the differences.
@@ -91,7 +103,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
   b = np.asarray(b, np.float64).ravel()
   if a.shape != b.shape:
     raise ValueError(f"paired samples need equal lengths, got {a.size} and {b.size}")
-  return summarize(a - b, confidence)
+  return summarize(a - b, confidence, bounds)
 
 
 def unpaired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:

@@ -42,8 +42,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from proact_jax.faults import carry, critical, strata
 from proact_jax.faults import injection as faults
-from proact_jax.faults.campaign import _batched, _resolve_mode, eval_set_hash
-from proact_jax.core.evaluate import EvalSet, accuracy_and_loss, eval_apply, evaluate, take_images
+from proact_jax.faults.campaign import _batched, _clean_references, _resolve_mode, eval_set_hash
+from proact_jax.core.evaluate import EvalSet, accuracy_and_loss, eval_apply, take_images
 from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
 from proact_jax.faults.results import (STRATA_FIELDS, ResultsStore, StratifiedResult, fingerprint,
                                 result_from_store, strata_arrays)
@@ -284,7 +284,8 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
   chunk = max(1, int(chunk or 32))
   pairs = [(a, b) for j, a in enumerate(names) for b in names[:j]] if ci_pairs else []
   config = {
-      "version": 1, "key": np.asarray(jax.random.key_data(key)).tolist(), "bers": bers,
+      # 2: exactly uniform positions and the whole model quantised (files of 1 are not resumed)
+      "version": 2, "key": np.asarray(jax.random.key_data(key)).tolist(), "bers": bers,
       "format": fmt.name, "space": dataclasses.asdict(space),
       "trial_key": f"fold_in(fold_in(fold_in(fold_in(key, ber_index), {TAG}), stratum), "
                    "trial); weights outside C fold_in(k, 0), thresholds fold_in(k, 1), images "
@@ -309,10 +310,11 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
          "trial_batch": trial_batch, "devices": jax.device_count(), "reference": reference}
   store = ResultsStore(results_path, config, run, write=jax.process_index() == 0,
                        key_fields=STRATA_FIELDS)
-  clean = {n: faults.quantize_with_aux(v, fmt, space) for n, (_, v) in variants.items()}
-  for n, (mo, _) in variants.items():
-    if n not in store.clean:
-      store.add_clean(n, *evaluate(mo, clean[n][0], eval_set))
+  try:
+    clean = _clean_references(store, variants, fmt, space, eval_set)
+  except BaseException:
+    store.close()
+    raise
   statics = {n: _Static(plans[n], critical_set, k_max, cap_c,
                         None if m is None else (int(eval_set.n), m)) for n in names}
   bar = None
@@ -369,4 +371,5 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
   finally:
     if bar is not None:
       bar.close()
+    store.close()
   return result_from_store(store, bers, names, reference, final, confidence)

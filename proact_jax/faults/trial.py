@@ -110,9 +110,13 @@ def corrupt(key: chex.PRNGKey, variables, ber: Any, plan: FaultPlan, *,
   """One trial's corruption: ``(variables, n_flips_weights, n_flips_thresholds)``.
 
   Weights use ``fold_in(key, 0)``, thresholds ``fold_in(key, 1)``; ``ber`` may be traced.
-  ``prequantized``, ``aux``: ``variables, aux = faults.quantize_with_aux(v, plan.fmt, space)``
-  (see ``faults.flip_bits``; the same result as ``corrupt`` on ``v``, faster).
+  ``prequantized``, ``aux``: ``variables, aux = faults.quantize_with_aux(v, plan.fmt)`` (see
+  ``faults.flip_bits``); otherwise the whole model is quantised here first, so the thresholds'
+  call does not re-store the weights the first call faulted (an int8 scale would change).
   """
+  if not prequantized:
+    variables, aux = faults.quantize_with_aux(variables, plan.fmt)
+    prequantized = True
   nw = nt = jnp.int32(0)
   if plan.rule == "toolbox-floor":  # the BER selects its row of per-leaf counts
     b = jnp.argmin(jnp.abs(jnp.asarray(plan.floor_bers, jnp.float32) - jnp.float32(ber)))

@@ -13,9 +13,9 @@ import numpy as np
 from proact_jax.core import thresholds as thr_lib
 from proact_jax.core.distill import check_kd_direction
 from proact_jax.core.evaluate import EvalSet, predict
-from proact_jax.methods.common import (Hardened, Progress, accuracy, baseline_variables,
+from proact_jax.methods.common import (Hardened, accuracy, baseline_variables,
                                        batches_of, check_granularity, profiled_thresholds,
-                                       site_summary, with_activation)
+                                       open_progress, site_summary, with_activation)
 from proact_jax.methods.guard import AccuracyGuard, GuardRule
 from proact_jax.methods.threshold_training import ThresholdTraining, train_thresholds
 
@@ -61,8 +61,8 @@ def proact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
   """
   check_granularity("proact", config.granularity)
   check_kd_direction(config.kd_direction)
-  if config.budget < 0:
-    raise ValueError(f"accuracy budget must be >= 0, got {config.budget}")
+  if not 0.0 <= config.budget <= 1.0:  # nan fails too
+    raise ValueError(f"accuracy budget must be in [0, 1] (a fraction), got {config.budget}")
   if config.target is not None and not 0 < config.target < 1:
     raise ValueError(f"the guard's target test drop must be in (0, 1), got {config.target}")
   t0 = time.time()
@@ -73,8 +73,9 @@ def proact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
   tree, _ = profiled_thresholds(model, frozen, student, input_shape,
                                 batches_of(x_profile))
   order = thr_lib.site_order(student, input_shape)
-  store = Progress(workdir, {"method": "proact", **dataclasses.asdict(config),
-                             "n_train": len(x_train), "n_profile": len(x_profile)})
+  store = open_progress(workdir, {"method": "proact", **dataclasses.asdict(config),
+                                  "n_train": len(x_train), "n_profile": len(x_profile)},
+                        frozen, x_profile, x_train, y_train, val_set)
   tree = store.restore(tree) or tree
   guard = AccuracyGuard(model, frozen, val_set, GuardRule(
       config.budget, config.target, config.guard_z, config.guard_test_images))

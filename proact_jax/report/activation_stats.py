@@ -35,6 +35,7 @@ from proact_jax.core.activations import GRANULARITIES
 from proact_jax.faults import activations as activation_faults
 from proact_jax.faults import injection as faults
 from proact_jax.models import create_model
+from proact_jax.core.files import create_json_exclusive
 from proact_jax.training.checkpoint import write_json_atomic
 
 DEFAULT_BINS = 40
@@ -194,9 +195,14 @@ def activation_report(key: chex.PRNGKey, variants: dict, x, *, ber: float = 1e-4
   return out
 
 
-def save_activation_report(path: str, data: dict) -> str:
-  """Writes :func:`activation_report`'s result as JSON (atomically); returns the path."""
+def save_activation_report(path: str, data: dict, exclusive: bool = False) -> str:
+  """Writes :func:`activation_report`'s result as JSON (atomically); returns the path.
+
+  ``exclusive``: refuse if ``path`` exists, even if another process creates it meanwhile."""
   if data.get("type") != "activations":
     raise ValueError("not an activation report (expected type 'activations')")
-  write_json_atomic(path, data)
+  if exclusive:
+    create_json_exclusive(path, data)
+  else:
+    write_json_atomic(path, data)
   return path

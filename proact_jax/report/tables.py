@@ -33,7 +33,8 @@ import os
 import re
 from typing import Sequence
 
-from proact_jax.faults.results import CampaignResult, _differences, load_results
+from proact_jax.core.files import json_differences
+from proact_jax.faults.results import CampaignResult, load_results
 from proact_jax.faults import stats
 from proact_jax.report import plots
 from proact_jax.report.table5 import _variants, table5  # noqa: F401  (table5 re-exported)
@@ -85,7 +86,7 @@ def _merge_campaign(g: Group, res: CampaignResult, path: str) -> None:
     g.campaign, g.info = res, dict(res.config.get("extra", {}))
     return
   old = g.campaign
-  diff = _differences(_strip(old.config), _strip(res.config))
+  diff = json_differences(_strip(old.config), _strip(res.config))
   if diff:
     raise ValueError(f"{path} and {g.paths[0]} are both {g.name} campaigns but cannot be merged "
                      f"(they differ in: {', '.join(diff[:6])})")
