@@ -246,7 +246,7 @@ def test_cli_vulnerability_map_then_stratified_sweep(digits, tmp_path, capsys):
   argv = ["sweep", "--checkpoint", DIGITS_CKPT[0], "--bers", "1e-6,3e-6", "--trials", "60",
           "--images-per-trial", "32", "--chunk", "16", "--stratify", "2", "--quiet",
           "--out", out]
-  assert cli.main(argv + ["--critical-map", vmap, "--critical-threshold", "1000"]) == 2
+  assert cli.main(argv + ["--critical-map", vmap, "--critical-threshold", "100"]) == 2
   assert "critical set is empty" in capsys.readouterr().err
   assert not os.path.exists(out)
   assert cli.main(argv + ["--critical", CRITICAL]) == 0

@@ -58,7 +58,10 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
                        f"directory; drop --data-dir {data_dir}")
     return _load_digits(seed)
   if data_dir is not None and not os.path.exists(os.path.expanduser(data_dir)):
-    raise ValueError(f"data directory {data_dir} does not exist")
+    hint = (_HINT.format(py=_ARCHIVES[key][0], bin=_ARCHIVES[key][1]) if key in _ARCHIVES
+            else "give an existing directory")
+    raise ValueError(f"data directory {data_dir} does not exist (missing: {name} is not "
+                     f"prepared there); {hint}")
   if key == "folder":
     if data_dir is None:
       raise ValueError("dataset 'folder' needs data_dir (an image folder root or its .tar.gz)")

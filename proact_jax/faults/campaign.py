@@ -136,8 +136,9 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
   size = -(-size // n_dev) * n_dev
   idx = np.concatenate([trials, np.full(size - len(trials), trials[-1], np.int32)])
   images = None if m is None else (int(data.n), m)
-  if carried is None:
-    carried = mode == "map" and not (trial_batch and trial_batch > 1)
+  if carried is None:  # the carried tree implements the Bernoulli sampler only
+    carried = (mode == "map" and not (trial_batch and trial_batch > 1)
+               and plan.rule == "bernoulli")
   f = _runner(model, plan, mode, trial_batch, n_dev, images, carried)
   if n_dev > 1:
     mesh = Mesh(np.asarray(jax.devices()), ("trials",))
