@@ -24,7 +24,7 @@ def ckpts(tmp_path_factory):
     v = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 1)))
     out[name] = ckpt.save_checkpoint(str(root / name), v, META)
   existing = str(root / "existing.jsonl")
-  ResultsStore(existing, {"something": "else"})
+  ResultsStore(existing, {"something": "else"}).close()  # release its lock
   out["existing"] = existing
   out["root"] = str(root)
   return out
