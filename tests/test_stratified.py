@@ -230,8 +230,6 @@ def test_sequential_mode_targets_means_and_differences(digits):
   assert [r["n"] for r in tight.summary_rows()] == [48] * 4  # never met: runs to max_trials
 
 
-@pytest.mark.skip(reason="segfaults inside XLA's compile of vulnerability_map when run after the "
-                  "rest of the suite (passes alone); see docs/pending/README.md")
 def test_cli_vulnerability_map_then_stratified_sweep(digits, tmp_path, capsys):
   import json
   import os
