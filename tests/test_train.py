@@ -41,7 +41,9 @@ def test_checkpoint_roundtrip_is_bit_identical(tmp_path):
           "granularity": "hybrid"}
   ckpt.save_checkpoint(str(tmp_path / "c"), v, meta)
   model2, v2, meta2 = ckpt.load_checkpoint(str(tmp_path / "c"))
-  assert _leaves_equal(dict(v), v2) and meta2 == meta
+  assert _leaves_equal(dict(v), v2)
+  sha = meta2.pop("content_sha256")  # issue 11: the variables' content hash, verified on load
+  assert meta2 == meta and len(sha) == 64 and int(sha, 16) >= 0
   assert model2.act.granularity == "hybrid"
   with pytest.raises(ValueError, match="already exists"):
     ckpt.save_checkpoint(str(tmp_path / "c"), v, meta)
