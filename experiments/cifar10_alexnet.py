@@ -17,7 +17,7 @@ Commands (run from the repository root):
 
 Stages and budgets (``--scale F`` multiplies every threshold-training epoch count; default 0.1):
 
-  baseline     proact train: AlexNet (toolbox architecture), 30 epochs, SGD-Nesterov 0.02, 1
+  baseline     proact train: AlexNet (toolbox architecture), 20 epochs, SGD-Nesterov 0.02, 1
                warm-up epoch, cosine, batch 128, crop+flip augmentation, 45k/5k split. A
                12-epoch run of the same recipe (before models/fast_ops.py) reached 78.81 % with
                its curve still rising, at 410-516 s per epoch on the loaded CPU.
@@ -85,7 +85,7 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   W, R = a.work, a.results
   base = os.path.join(W, "base")
   train = (["--epochs", "3"] if smoke else
-           ["--epochs", "30", "--lr", "0.02", "--warmup-epochs", "1", "--batch-size", "128"])
+           ["--epochs", "20", "--lr", "0.02", "--warmup-epochs", "1", "--batch-size", "128"])
   stages = [("baseline", ["train", "--model", model, "--dataset", dataset, *data, *train,
                           "--out", base, "--seed", "0"],
              os.path.join(base, "model", "meta.json"))]
