@@ -162,6 +162,28 @@ def training_time(run_dir: str) -> float | None:
   return round(sum(r.get("epoch_time", 0.0) for r in rows))
 
 
+def record_baseline(run_dir: str, results_dir: str) -> None:
+  """Copies the baseline's learning record into RESULTS/baseline and draws its curve.
+
+  Writes ``metrics.jsonl`` (one line per epoch), ``config.json`` (the training configuration),
+  ``meta.json`` (the exported model's metadata: test and best validation accuracy) and
+  ``learning_curve.png``; the weights stay in WORK (about 93 MB, not committed).
+  """
+  from proact_jax.report.plots import plot_learning_curve
+  out = os.path.join(results_dir, "baseline")
+  os.makedirs(out, exist_ok=True)
+  for src in ("metrics.jsonl", "config.json", os.path.join("model", "meta.json")):
+    with open(os.path.join(run_dir, src)) as f:
+      text = f.read()
+    with open(os.path.join(out, os.path.basename(src)), "w") as f:
+      f.write(text)
+  rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
+  meta = json.load(open(os.path.join(out, "meta.json")))
+  plot_learning_curve(rows, os.path.join(out, "learning_curve.png"),
+                      f"AlexNet / CIFAR-10, {len(rows)} epochs: "
+                      f"test {100 * meta['accuracy']:.2f} %")
+
+
 def spent_epochs(progress_dir: str) -> int | None:
   """Threshold-training epochs actually run, from a hardening progress file."""
   path = os.path.join(progress_dir, "progress.json")
@@ -218,11 +240,15 @@ def main(argv=None) -> int:
         if name == "baseline":  # resumed sessions: the sum of the epoch times
           done[name].update(wall_time_s=training_time(os.path.dirname(marker) + "/.."),
                             note="sum of epoch times in metrics.jsonl")
+      if name == "baseline":
+        record_baseline(os.path.dirname(os.path.dirname(marker)), a.results)
       continue
     print(f"== {name}: proact {' '.join(args)}", flush=True)
     t = time.time()
     subprocess.run([sys.executable, "-m", "proact_jax.cli", *args], check=True)
     done[name] = {"command": "proact " + " ".join(args), "wall_time_s": round(time.time() - t)}
+    if name == "baseline":
+      record_baseline(os.path.dirname(os.path.dirname(marker)), a.results)
     with open(path + ".tmp", "w") as f:
       json.dump(done, f, indent=2)
     os.replace(path + ".tmp", path)

@@ -35,3 +35,20 @@ def test_plan_is_valid_and_budgets_are_matched():
   assert full["sites"] == 7 and full["proact"] == {"last_epochs": 5, "layer_epochs": 2,
                                                     "total_epochs": 17}
   assert full["ft_clipact"]["max_fault_trials"] == 7 * 3 * 4 * 5 * 3
+
+
+def test_record_baseline_copies_the_run_and_draws_its_curve(tmp_path):
+  import json
+  run, res = tmp_path / "base", tmp_path / "results"
+  (run / "model").mkdir(parents=True)
+  rows = [{"epoch": e, "train_accuracy": 0.3 + 0.1 * e, "val_accuracy": 0.4 + 0.1 * e}
+          for e in range(3)]
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (run / "config.json").write_text('{"epochs": 3}')
+  (run / "model" / "meta.json").write_text('{"accuracy": 0.6123}')
+  mod = _load()
+  mod.record_baseline(str(run), str(res))
+  out = res / "baseline"
+  assert (out / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
+  assert json.loads((out / "meta.json").read_text()) == {"accuracy": 0.6123}
+  assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

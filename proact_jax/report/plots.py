@@ -167,3 +167,23 @@ def plot_vulnerability(result, path: str | Sequence[str], variant: str,
   fig.colorbar(im, ax=ax, label="mean accuracy drop (pp)")
   ax.set_title(title or f"single-flip accuracy drop: {variant}", fontsize=9)
   return save_figure(fig, path)
+
+
+def plot_learning_curve(metrics: Sequence[Mapping[str, Any]], path: str | Sequence[str],
+                        title: str = "") -> list[str]:
+  """Train and validation accuracy per epoch, from a run's ``metrics.jsonl`` records."""
+  epochs = [int(m["epoch"]) + 1 for m in metrics]
+  fig = Figure(figsize=(5.5, 3.6))
+  ax = fig.add_subplot()
+  ax.plot(epochs, [100 * float(m["train_accuracy"]) for m in metrics], "o-", ms=3,
+          label="train (augmented batches)")
+  ax.plot(epochs, [100 * float(m["val_accuracy"]) for m in metrics], "s-", ms=3,
+          label="validation")
+  ax.set_xlabel("epoch")
+  ax.set_ylabel("accuracy (%)")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right")
+  if title:
+    ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  return save_figure(fig, path)
