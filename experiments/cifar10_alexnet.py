@@ -10,6 +10,9 @@ Commands (run from the repository root):
       --data-dir ../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz \\
       --work runs/cifar10_alexnet --results results/cifar10_alexnet
 
+  # one stage (or a few) only, the others skipped unless already done:
+  python experiments/cifar10_alexnet.py --data-dir ... --only baseline,harden-ranger
+
   # the same stages at a tiny budget on the embedded digits data (checks the plumbing);
   # measured 1,480 s end to end with the machine at load 12-14 on 2 cores (559 s of it the
   # activations stage), every stage skipped on a second run
@@ -49,6 +52,9 @@ Stages and budgets (``--scale F`` multiplies every threshold-training epoch coun
                Estimated: up to 6 x 1,000 x 6 variants x ~0.25 s = 2.5 h per rule at the cap.
   classifier-<rule> the same with faults in Dense_2 only (the unprotectable classifier),
                at most 300 trials per BER.
+  vulnerability  single-flip accuracy drop per (leaf, bit column) for every variant, 8 trials x
+               256 random test images per cell, heatmaps (issue 12): 16 weight leaves x 6
+               columns (+ threshold sites) per variant. Measured for baseline + Ranger below.
   activations  Table V data: per-layer faults at BER 1e-4, 5 trials x 256 images. ~4 min.
   report-<rule> proact report into RESULTS/<rule>/ (files of different fault rules are not
                merged): Tables II-V with Holm p-values, figures.
@@ -69,6 +75,9 @@ import time
 PAPER_BERS = "1e-7,3e-7,1e-6,3e-6,1e-5,3e-5"
 RULES = ("bernoulli", "toolbox-floor")
 BATCH = 128
+# Q15.16 bit columns of the vulnerability map: the fraction, low / middle / high integer bits,
+# the top integer bit and the sign.
+VULN_GROUPS = "0:16,16:24,24:28,28:30,30:31,31:32"
 
 
 def n_sites(model: str, dataset: str) -> int:
@@ -136,6 +145,11 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   stages.append(("activations", ["activations", *variants, *data, "--ber", "1e-4" if not smoke
                                  else "1e-3", "--trials", "1" if smoke else "5", "--images",
                                  "16" if smoke else "256", "--out", acts], acts))
+  vmap = os.path.join(R, "vulnerability.jsonl")
+  stages.append(("vulnerability", ["vulnerability", *variants, *data, "--bit-groups",
+                                   VULN_GROUPS, "--trials", "2" if smoke else "8",
+                                   "--images-per-trial", "32" if smoke else "256", "--out", vmap,
+                                   "--quiet"], vmap[:-len(".jsonl")] + ".summary.csv"))
   for rule in RULES:
     inputs = [os.path.join(R, f"campaign_{rule}.jsonl")] + ([acts] if rule == "bernoulli"
                                                            else [])
@@ -213,6 +227,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--method-seed", type=int, default=0)
   ap.add_argument("--smoke", action="store_true", help="tiny budgets on digits")
   ap.add_argument("--dry-run", action="store_true", help="print the stages, run nothing")
+  ap.add_argument("--only", default=None,
+                  help="comma-separated stage names: run only these (the others are skipped)")
   a = ap.parse_args(argv)
   if not a.smoke and not a.data_dir:
     ap.error("--data-dir is required (or --smoke)")
@@ -231,7 +247,15 @@ def main(argv=None) -> int:
   os.makedirs(a.results, exist_ok=True)
   path = os.path.join(a.results, "stages.json")
   done = json.load(open(path)) if os.path.exists(path) else {}
+  only = None if a.only is None else set(a.only.split(","))
+  unknown = sorted((only or set()) - {n for n, _, _ in stages})
+  if unknown:
+    print(f"cifar10_alexnet: unknown stage(s) {', '.join(unknown)}", file=sys.stderr)
+    return 2
   for name, args, marker in stages:
+    if only is not None and name not in only and not os.path.exists(marker):
+      print(f"== {name}: not selected (--only), skipping", flush=True)
+      continue
     if os.path.exists(marker):
       print(f"== {name}: done, skipping", flush=True)
       if name not in done:
