@@ -1,11 +1,15 @@
 """proact sweep --checkpoint DIR [--checkpoint DIR2 ...] --bers 1e-7,...,3e-5 --trials N
 [--format F] [--images N] [--images-per-trial M] [--ci-target PP] [--max-trials N]
-[--layer NAME] [--bits LO:HI] [--no-thresholds-faults] [--seed S] [--trial-batch B]
-[--mode auto|map|vmap] --out FILE
+[--layer NAME] [--bits LO:HI] [--no-thresholds-faults] [--activation-faults]
+[--no-weight-faults] [--seed S] [--trial-batch B] [--mode auto|map|vmap] --out FILE
 
 Several checkpoints are compared paired (same trial keys); they must share the baseline's params.
 ``--images N`` fixes the evaluation set (N test images); ``--images-per-trial M``
 evaluates each trial on a fresh random subset of M of those images (the same for every variant).
+``--activation-faults`` adds transient bit flips in the activations (the PyTorchFI "neuron"
+model, :mod:`proact_jax.faults.neuron_faults`): every stored bit of every activation site's output
+flips with probability BER, independently for each evaluated image; with ``--no-weight-faults
+--no-thresholds-faults`` only the activations are hit.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ def add_arguments(p):
   p.add_argument("--bits", default=None, help="only bits LO:HI (LO inclusive, HI exclusive)")
   p.add_argument("--no-thresholds-faults", action="store_true",
                  help="do not inject faults into the thresholds")
+  p.add_argument("--activation-faults", action="store_true",
+                 help="also flip bits of the activations at every site, per image (PyTorchFI "
+                      "neuron faults), paired across checkpoints")
+  p.add_argument("--no-weight-faults", action="store_true",
+                 help="do not inject faults into the weights (params)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--trial-batch", type=int, default=None)
   p.add_argument("--mode", default="auto", choices=["auto", "map", "vmap"])
@@ -76,7 +85,12 @@ def run(args) -> int:
     raise ValueError(f"--trial-batch must be >= 1, got {args.trial_batch}")
   fmt = get_format(args.format)
   lo, hi = parse_bits(args.bits)
-  cols = ("params",) if args.no_thresholds_faults else ("params", "thresholds")
+  cols = tuple(c for c, off in (("params", args.no_weight_faults),
+                                 ("thresholds", args.no_thresholds_faults),
+                                 ("activations", not args.activation_faults)) if not off)
+  if not cols:
+    raise ValueError("nothing to inject: --no-weight-faults and --no-thresholds-faults need "
+                     "--activation-faults")
   space = faults.FaultSpace(collections=cols, layer=args.layer, bit_lo=lo, bit_hi=hi)
   space.bit_range(fmt)
   out = os.path.abspath(args.out)
@@ -105,7 +119,8 @@ def run(args) -> int:
         raise ValueError("paired checkpoints must use the same dataset and normalisation")
   plans = [campaign.make_plan(v, fmt, space, max(bers), require_match=False)
            for _, v in variants.values()]  # validates --layer and --bits before any write
-  if args.layer is not None and all(p.weights is None and p.thresholds is None for p in plans):
+  if (args.layer is not None and not args.activation_faults  # activation sites: run_campaign
+      and all(p.weights is None and p.thresholds is None for p in plans)):
     faults.fault_leaves(next(iter(variants.values()))[1], space)  # raises, listing the layers
 
   data = checkpoint_data(metas[0], test_images=args.images, data_dir=args.data_dir)

@@ -13,7 +13,7 @@ from proact_jax.core import thresholds as thr_lib
 from proact_jax.core.evaluate import EvalSet
 from proact_jax.methods.common import (Hardened, Progress, accuracy, baseline_variables,
                                        batches_of, check_granularity, profiled_thresholds,
-                                       site_summary, with_activation)
+                                       site_order, site_summary, with_activation)
 from proact_jax.methods.threshold_training import ThresholdTraining, train_thresholds
 
 
@@ -39,7 +39,7 @@ def fitact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
   frozen = baseline_variables(variables)
   student = with_activation(model, "smooth", config.granularity)
   tree, _ = profiled_thresholds(model, frozen, student, input_shape, batches_of(x_profile))
-  order = thr_lib.site_order(student, input_shape)
+  order = site_order(student, frozen, input_shape)
   store = Progress(workdir, {"method": "fitact", **dataclasses.asdict(config),
                              "n_train": len(x_train), "n_profile": len(x_profile)})
   saved = store.restore(tree)
