@@ -5,7 +5,9 @@
 
 ``--checkpoint``: a trained digits small_cnn for (d); ``--only-budget`` runs (d) alone.
 
-(a) campaign time / (clean forward time of the same images x trials), AlexNet, BER 1e-7..1e-4;
+(a) campaign time / (clean forward time of the same images x trials), AlexNet, BER 1e-7..1e-4,
+with the corrupted tree carried through the trials (the default map mode) and with a fresh copy
+per trial (``_run_trials(carried=False)``), side by side;
 (b) lax.map vs vmap trial batching; (c) corrupting one copy (pre-quantised path as the campaign
 uses it, and the re-encoding path of ``flip_bits`` on unquantised variables) vs one forward batch
 of 256;
@@ -56,14 +58,19 @@ def bench_alexnet(n_images: int, trials: int, vmap_trials: int, bers: list[float
   plan = campaign.make_plan(v, "q15.16", None, max(bers))
   key = jax.random.PRNGKey(2)
   t0 = time.perf_counter()
-  campaign._run_trials(model, plan, clean, data, key, 0, bers[0], [0], "map", None, size=trials)
-  print(f"compile + first chunk: {time.perf_counter() - t0:.1f} s")
+  for carried in (True, False):
+    campaign._run_trials(model, plan, clean, data, key, 0, bers[0], [0], "map", None,
+                         size=trials, carried=carried)
+  print(f"compile + first chunk (carried and copying paths): {time.perf_counter() - t0:.1f} s")
   ratios = {}
   for i, ber in enumerate(bers):
-    t = _time(lambda: campaign._run_trials(model, plan, clean, data, key, i, ber,
-                                           range(trials), "map", None), repeat=2)
+    t, tcopy = (_time(lambda c=c: campaign._run_trials(model, plan, clean, data, key, i, ber,
+                                                       range(trials), "map", None, carried=c),
+                      repeat=2) for c in (True, False))
     ratios[ber] = t / (fwd * trials)
-    print(f"(a) BER {ber:.0e}: {t:.2f} s for {trials} trials; ratio {ratios[ber]:.3f}")
+    print(f"(a) BER {ber:.0e}: {t:.2f} s for {trials} trials; ratio {ratios[ber]:.3f} "
+          f"(carried tree; copying a fresh tree per trial: {tcopy:.2f} s, ratio "
+          f"{tcopy / (fwd * trials):.3f}; {1e3 * (tcopy - t) / trials:.1f} ms per trial saved)")
   small = make_eval_set(x[:256], y[:256], 256)
   if vmap_trials:
     tm = _time(lambda: campaign._run_trials(model, plan, clean, small, key, 2, 1e-5,

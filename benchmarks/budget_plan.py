@@ -66,6 +66,9 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   try:
     res = load_results(args.results)
+    if "strata" in res.config:
+      raise ValueError(f"{args.results} is a stratified campaign: its trials are not a plain "
+                       "sample (see benchmarks/bench_stratified.py)")
     variant = args.variant or res.variants[0]
     if variant not in res.variants:
       raise ValueError(f"no variant {variant!r} in {args.results} ({', '.join(res.variants)})")

@@ -1,20 +1,26 @@
 """The ``proact`` command. Each subcommand lives in ``proact_jax/commands/<name>.py`` and provides
 ``add_arguments(parser)`` and ``run(args) -> int``; this file only dispatches.
 
-Errors a user can fix (``ValueError``, missing files) print one line and exit with code 2.
+Errors a user can fix (``ValueError``) and errors of the system (``OSError``: a full disk, a
+file-size limit, permissions) print one line and exit with code 2; argparse errors too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import re
 import sys
+
+from proact_jax.commands.args import number
 
 COMMANDS = {
     "demo": "train, harden with all four methods and sweep, on the embedded digits data",
     "train": "train a baseline model and checkpoint it",
     "harden": "find activation thresholds with ranger|ft-clipact|fitact|proact",
     "sweep": "run a bit-flip fault campaign on a checkpoint",
+    "vulnerability": "single-flip accuracy drop per layer and bit, with heatmaps",
     "activations": "activation distances and histograms under faults (Table V, Figs. 3/6)",
     "report": "tables and figures from saved results",
 }
@@ -24,15 +30,32 @@ class UsageError(ValueError):
   """A problem with the user's input: printed as one line, exit code 2."""
 
 
+class Parser(argparse.ArgumentParser):
+  """argparse with one-line errors (exit code 2) and negative numbers as option values
+  (``--bers -1e-5`` is the value -1e-5, refused by the range check, not an unknown option)."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._negative_number_matcher = re.compile(
+        r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(,.*)?$|^-(inf|nan)$", re.IGNORECASE)
+
+  def error(self, message):
+    self.exit(2, f"{self.prog}: error: {_one_line(message)}\n")
+
+
+def _one_line(text) -> str:
+  return " ".join(str(text).split("\n")).strip()
+
+
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="proact", description=__doc__.splitlines()[0])
+  parser = Parser(prog="proact", description=__doc__.splitlines()[0])
   g = parser.add_argument_group(
       "multi-process runs", "run one `proact` per host (or process) with the same command and "
       "these options; `jax.distributed.initialize` joins them (CPU hosts talk over gloo)")
   g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
                  help="address of process 0's coordinator service")
-  g.add_argument("--num-processes", type=int, default=None, metavar="N")
-  g.add_argument("--process-id", type=int, default=None, metavar="I")
+  g.add_argument("--num-processes", type=number("--num-processes"), default=None, metavar="N")
+  g.add_argument("--process-id", type=number("--process-id"), default=None, metavar="I")
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
   for name, help_text in COMMANDS.items():
     try:
@@ -48,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+  # Errors are reported here in one line; orbax also logs its background threads' failures,
+  # with tracebacks, through absl.
+  logging.getLogger("absl").setLevel(logging.CRITICAL)
   parser = build_parser()
   args = parser.parse_args(argv)
   if not getattr(args, "_run", None):
@@ -56,9 +82,12 @@ def main(argv=None) -> int:
   try:
     _init_distributed(args)
     return int(args._run(args) or 0)
-  except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-          PermissionError, IsADirectoryError) as e:
-    print(f"proact {args.command}: error: {e}", file=sys.stderr)
+  except ValueError as e:
+    print(f"proact {args.command}: error: {_one_line(e)}", file=sys.stderr)
+    return 2
+  except OSError as e:  # full disk, file-size limit, permissions, missing files ...
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    print(f"proact {args.command}: error: {_one_line(e.strerror or e)}{where}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:
     print(f"proact {args.command}: interrupted; progress written so far is kept and the command "

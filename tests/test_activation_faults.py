@@ -69,6 +69,7 @@ def test_flip_counts_follow_the_binomial(which):
 
 def test_paired_variants_get_the_same_activation_flips_across_batchings():
   space = faults.FaultSpace(collections=("params", "thresholds", "activations"))
+  # map mode without trial_batch: the carried tree (faults/carry.py); the others copy the tree
   r = campaign.run_campaign(jax.random.PRNGKey(3), VARIANTS, DATA, [1e-4, 1e-3], 6, space=space,
                             progress=False, chunk=6)
   relu = {"relu": VARIANTS["relu"]}  # one variant in the other batchings: fewer compilations
@@ -131,3 +132,10 @@ def test_layer_filter_flips_one_site_only():
     campaign.run_campaign(jax.random.PRNGKey(0), {"relu": (model, v)}, DATA, [1e-2], 2,
                           space=faults.FaultSpace(collections=("activations",), layer="nope"),
                           progress=False)
+
+
+def test_activation_faults_follow_the_bernoulli_rule_only():
+  model, v = VARIANTS["relu"]
+  with pytest.raises(ValueError, match="Bernoulli rule only"):
+    campaign.run_campaign(jax.random.PRNGKey(0), {"relu": (model, v)}, DATA, [1e-3], 2,
+                          space=ACT, fault_rule="toolbox-floor", progress=False)

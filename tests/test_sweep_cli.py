@@ -24,14 +24,17 @@ def ckpts(tmp_path_factory):
     v = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8, 8, 1)))
     out[name] = ckpt.save_checkpoint(str(root / name), v, META)
   existing = str(root / "existing.jsonl")
-  ResultsStore(existing, {"something": "else"})
+  ResultsStore(existing, {"something": "else"}).close()  # release its lock
   out["existing"] = existing
   out["root"] = str(root)
   return out
 
 
 def _run(capsys, *argv):
-  rc = cli.main(["sweep", *argv])
+  try:
+    rc = cli.main(["sweep", *argv])
+  except SystemExit as e:   # argparse's range check of numeric options (one line, code 2)
+    rc = e.code
   return rc, capsys.readouterr()
 
 
@@ -68,17 +71,22 @@ def test_sweep_images_per_trial(ckpts, capsys, tmp_path):
     (["--bers", "2"], "outside [0, 1]"),
     (["--bers", "1e-5,abc"], "comma-separated numbers"),
     (["--bers=-1e-5"], "outside [0, 1]"),
-    (["--trials", "0"], "--trials must be >= 1"),
+    (["--trials", "0"], "argument --trials: expected an integer in [1, "),
     (["--format", "q40.40"], "exceeds 32"),
     (["--format", "fp8"], "unknown number format"),
     (["--layer", "nope"], "matches no leaf"),
     (["--bits", "0:40"], "not inside"),
     (["--ci-target", "0"], "--ci-target"),
-    (["--images-per-trial", "0"], "--images-per-trial must be >= 1"),
+    (["--images-per-trial", "0"], "argument --images-per-trial: expected an integer in [1, "),
     (["--images", "20", "--images-per-trial", "21"], "exceeds the 20 test images"),
     (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
     (["--checkpoint", "OTHER"], "params differ"),
     (["--out", "EXISTING"], "different configuration"),
+    (["--activation-faults", "--fault-rule", "toolbox-floor"],
+     "--activation-faults injects Bernoulli flips in a plain campaign"),
+    (["--activation-faults", "--stratify", "2", "--critical", "Conv_0:16:32"],
+     "does not combine with --stratify"),
+    (["--no-weight-faults", "--no-thresholds-faults"], "nothing to inject"),
 ])
 def test_bad_inputs_exit_2_with_one_line(ckpts, capsys, args, msg):
   out = ckpts["existing"]
@@ -95,3 +103,44 @@ def test_bad_inputs_exit_2_with_one_line(ckpts, capsys, args, msg):
   assert len(lines) == 1 and msg in lines[0], cap.err
   assert open(out).read() == before
   assert sorted(os.listdir(ckpts["root"])) == ["base", "existing.jsonl", "other"]
+
+
+@pytest.fixture(scope="module")
+def ranger_ckpt(ckpts, tmp_path_factory):
+  """A Ranger-style checkpoint of the base model: its params and layer-wise thresholds."""
+  v = ckpt.load_checkpoint(ckpts["base"])[1]
+  thr = {f"act{i}": {"lam": jnp.float32(0.5 + 0.5 * i)} for i in range(3)}
+  return ckpt.save_checkpoint(str(tmp_path_factory.mktemp("act") / "ranger"),
+                              {**v, "thresholds": thr},
+                              {**META, "kind": "zero", "method": "ranger"})
+
+
+def test_sweep_activation_faults(ckpts, ranger_ckpt, capsys, tmp_path):
+  """--activation-faults: the results file records the activation fault space and bits, both
+  variants get the same activation flips in every trial, their number follows the binomial,
+  and the same command gives the same file byte for byte."""
+  ber, trials, images = 1e-3, 4, 20
+  argv = ["--checkpoint", ckpts["base"], "--checkpoint", ranger_ckpt, "--bers", str(ber),
+          "--trials", str(trials), "--images", str(images), "--activation-faults",
+          "--no-weight-faults", "--no-thresholds-faults", "--quiet"]
+  outs = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+  for out in outs:
+    rc, cap = _run(capsys, *argv, "--out", out)
+    assert rc == 0, cap.err
+  assert "| ranger | 1e-03 | 4 |" in cap.out
+  assert open(outs[0], "rb").read() == open(outs[1], "rb").read()
+  rows = [json.loads(line) for line in open(outs[0])]
+  config = rows[0]["config"]
+  assert config["space"]["collections"] == ["activations"]
+  bits = 32 * (8 * 8 * 16 + 8 * 8 * 32 + 64)  # small_cnn's sites act0, act1, act2 in Q15.16
+  assert config["activation_faults"]["bits_per_image"] == {"relu": bits, "ranger": bits}
+  trial = {(r["variant"], r["trial"]): r for r in rows if r["type"] == "trial"}
+  assert len(trial) == 2 * trials
+  for t in range(trials):
+    relu, ranger = trial[("relu", t)], trial[("ranger", t)]
+    assert relu["n_flips_activations"] == ranger["n_flips_activations"] == relu["n_flips"]
+    assert relu["n_flips_weights"] == relu["n_flips_thresholds"] == 0
+  # flips of all trials ~ Binomial(trials x images x bits, BER): within 5 standard deviations
+  n = trials * images * bits
+  total = sum(trial[("relu", t)]["n_flips_activations"] for t in range(trials))
+  assert abs(total - n * ber) < 5 * (n * ber * (1 - ber)) ** 0.5, (total, n * ber)

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import os
 
-from proact_jax.commands.args import variant_name
+from proact_jax.commands.args import number, variant_name
 
 
 def add_arguments(p):
   p.add_argument("--checkpoint", action="append", required=True,
                  help="checkpoint directory; repeat to compare variants (same baseline)")
-  p.add_argument("--ber", type=float, default=1e-4, help="per-layer fault BER (paper: 1e-4)")
-  p.add_argument("--hist-ber", type=float, default=None,
+  p.add_argument("--ber", type=number("--ber"), default=1e-4,
+                 help="per-layer fault BER (paper: 1e-4)")
+  p.add_argument("--hist-ber", type=number("--hist-ber"), default=None,
                  help="whole-model BER for the histograms (default: --ber)")
-  p.add_argument("--trials", type=int, default=5)
-  p.add_argument("--images", type=int, default=256, help="test images (seeded subset)")
+  p.add_argument("--trials", type=number("--trials"), default=5)
+  p.add_argument("--images", type=number("--images"), default=256,
+                 help="test images (seeded subset)")
   p.add_argument("--format", default="q15.16")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=number("--seed"), default=0)
   p.add_argument("--data-dir", default=None)
   p.add_argument("--out", required=True, help="output JSON file (refuses to overwrite)")
 
@@ -35,11 +37,8 @@ def run(args) -> int:
   from proact_jax.training.checkpoint import load_checkpoint
   from proact_jax.training.checkpoint_data import checkpoint_data
 
-  for name, b in (("--ber", args.ber), ("--hist-ber", args.hist_ber)):
-    if b is not None and not 0.0 <= b <= 1.0:
-      raise ValueError(f"{name} {b} is outside [0, 1]")
-  if args.trials < 1 or args.images < 1:
-    raise ValueError("--trials and --images must be >= 1")
+  if args.images < 1:  # other numeric ranges: argparse (args.NUMERIC)
+    raise ValueError("--images must be >= 1 here (a seeded subset of the test images)")
   get_format(args.format)
   out = os.path.abspath(args.out)
   if os.path.exists(out):
@@ -55,6 +54,6 @@ def run(args) -> int:
   report = activation_report(jax.random.PRNGKey(args.seed), variants, data.x_test, ber=args.ber,
                              hist_ber=args.hist_ber, fmt=args.format, trials=args.trials,
                              meta={"model": meta0["model"], "dataset": meta0["dataset"]})
-  save_activation_report(out, report)
+  save_activation_report(out, report, exclusive=True)
   print(f"activation distances and histograms of {', '.join(variants)} written to {out}")
   return 0

@@ -12,20 +12,25 @@ from __future__ import annotations
 import os
 import time
 
-from proact_jax.commands.args import parse_bers
+from proact_jax.commands.args import number, parse_bers
 
 DEMO_BERS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
+DEMO_VAL_IMAGES = 500
 
 
 def add_arguments(p):
   p.add_argument("--out", default="proact-demo", help="output directory (default proact-demo)")
-  p.add_argument("--trials", type=int, default=60, help="fault trials per BER (default 60)")
+  p.add_argument("--trials", type=number("--trials"), default=60,
+                 help="fault trials per BER (default 60)")
   p.add_argument("--bers", default=",".join(f"{b:g}" for b in DEMO_BERS))
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--seed", type=number("--seed"), default=0)
   p.add_argument("--quiet", action="store_true")
 
 
 def _check_writable(out: str) -> None:
+  if os.path.isdir(out) and os.listdir(out) and not os.path.isdir(os.path.join(out, "base")):
+    raise ValueError(f"--out {out} is neither empty nor a previous demo's directory (refusing to "
+                     "write over files proact did not write); pass a new directory")
   try:
     os.makedirs(out, exist_ok=True)
     probe = os.path.join(out, ".write-test")
@@ -67,8 +72,10 @@ def demo(out: str, bers, trials: int, seed: int = 0, progress: bool = True) -> d
   say = print if progress else (lambda *a, **k: None)
   base_dir = os.path.join(out, "base")
   say("[1/4] baseline: small CNN on the 8x8 digits (scikit-learn's embedded copy)")
+  # 500 of the 1,437 training images are held out: ProAct's accuracy guard needs them to hold
+  # the test drop under 1 point (methods/guard.py: with the default 143 no candidate passes).
   train_and_evaluate(TrainConfig(model="small_cnn", dataset="digits", epochs=30, flip=False,
-                                 seed=seed), base_dir, progress=False)
+                                 n_val=DEMO_VAL_IMAGES, seed=seed), base_dir, progress=False)
   model, variables, meta = load_checkpoint(os.path.join(base_dir, "model"))
   say(f"      test accuracy {100 * meta['accuracy']:.2f} %")
   data = checkpoint_data(meta, profile_images=1000, seed=seed)
@@ -89,7 +96,8 @@ def demo(out: str, bers, trials: int, seed: int = 0, progress: bool = True) -> d
       "proact": lambda: methods.proact(
           model, variables, data.x_profile, data.x_train, data.y_train, data.val,
           methods.ProActConfig(last_epochs=30, layer_epochs=15, learning_rate=0.05,
-                               halve_every=10, budget=0.01, seed=seed),
+                               halve_every=10, budget=0.01, seed=seed, target=0.01,
+                               guard_test_images=test.n),
           workdir=os.path.join(out, "hardened", "proact.progress"), progress=False),
   }
   variants = {"relu": (model, variables, meta)}

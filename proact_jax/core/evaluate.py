@@ -94,7 +94,8 @@ def _evaluate_jit(apply_fn, variables, data):
 
 def evaluate(model, variables, x: np.ndarray | EvalSet, y: np.ndarray | None = None,
              batch_size: int = 256) -> tuple[float, float]:
-  """(accuracy, loss) of a Flax model (or a Network) in eval mode on normalised images ``x`` with labels ``y``."""
+  """(accuracy, loss) of a Flax model (or a Network) in eval mode on normalised images ``x``
+  with labels ``y``."""
   data = x if isinstance(x, EvalSet) else make_eval_set(x, y, batch_size)
   acc, loss = _evaluate_jit(eval_apply(model), dict(variables), data)
   return float(acc), float(loss)

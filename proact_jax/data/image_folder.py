@@ -45,8 +45,14 @@ def _read_tar(path: str, keep: Callable[[str], bool]) -> dict[str, bytes]:
         if m.isfile() and keep(m.name):
           f = tf.extractfile(m)
           out[_norm(m.name)] = f.read() if f else b""
+  except tarfile.ReadError as e:
+    if "could not be opened" in str(e):  # no compression tried recognises it
+      raise ValueError(f"{path}: not a tar archive (plain, gzip, bz2 or xz)") from None
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise ValueError(f"{path}: truncated or corrupt archive (ReadError: {first})") from None
   except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-    raise ValueError(f"{path}: truncated or corrupt archive ({type(e).__name__}: {e})") from None
+    first = (str(e).strip().splitlines() or [""])[0]
+    raise ValueError(f"{path}: truncated or corrupt archive ({type(e).__name__}: {first})") from None
   return out
 
 

@@ -53,7 +53,15 @@ def load_dataset(name: str, data_dir: str | None = None, download: bool = False,
   if key not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
   if key == "digits":
+    if data_dir is not None:
+      raise ValueError(f"dataset 'digits' is embedded in scikit-learn and reads no data "
+                       f"directory; drop --data-dir {data_dir}")
     return _load_digits(seed)
+  if data_dir is not None and not os.path.exists(os.path.expanduser(data_dir)):
+    hint = (_HINT.format(py=_ARCHIVES[key][0], bin=_ARCHIVES[key][1]) if key in _ARCHIVES
+            else "give an existing directory")
+    raise ValueError(f"data directory {data_dir} does not exist (missing: {name} is not "
+                     f"prepared there); {hint}")
   if key == "folder":
     if data_dir is None:
       raise ValueError("dataset 'folder' needs data_dir (an image folder root or its .tar.gz)")
@@ -87,6 +95,8 @@ def _load_tfds(name: str, data_dir: str | None, download: bool) -> Dataset:
   except ImportError:
     raise ValueError(f"{name}: no local copy found and tensorflow-datasets is not installed; "
                      f"{hint}") from None
+  import logging
+  logging.getLogger("absl").setLevel(logging.ERROR)  # tfds warns before it raises: one line
   try:
     splits, info = tfds.load(name, split=["train", "test"], data_dir=data_dir, download=download,
                              batch_size=-1, with_info=True)

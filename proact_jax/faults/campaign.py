@@ -12,7 +12,9 @@ receive identical weight faults in trial ``t``, so their accuracies can be compa
 Activation faults (``"activations"`` in ``space.collections``): transient flips in every
 site's output while each image is evaluated (:mod:`proact_jax.faults.neuron_faults`), keyed by
 ``fold_in(trial_key, 5)``; rows then carry ``n_flips_activations`` (also counted in ``n_flips``)
-and the configuration an ``activation_faults`` entry. Variants are any model
+and the configuration an ``activation_faults`` entry. They depend only on the trial key, so
+they compose with the carried tree and every batching; they follow the Bernoulli rule only
+(``fault_rule="toolbox-floor"`` with them is refused). Variants are any model
 :func:`proact_jax.transform.network.as_network` accepts (linen modules with an ``act`` field,
 networks from :func:`proact_jax.function_network`).
 
@@ -36,8 +38,11 @@ traced argument with a static flip cap (``faults.default_cap`` at the largest BE
 compilation serves every BER. Note the candidate draws depend on the cap, hence on the largest
 BER of the campaign: the BER list is part of a campaign's configuration.
 
-Batching (``mode``): ``"map"`` runs trials one after another with ``lax.map`` (``trial_batch``
-> 1 vmaps within chunks of that size); ``"vmap"`` vmaps every trial of a chunk (on CPU, vmapped
+Batching (``mode``): ``"map"`` runs trials one after another, carrying one corrupted tree
+through a ``lax.scan`` and restoring only the previous trial's values before writing the next
+trial's (:mod:`carry`: no copy of the tree per trial; a trial whose sparse draw falls short,
+which the static cap makes rarer than 1e-30, is rerun on the copying path); ``trial_batch``
+> 1 vmaps fresh copies within chunks of that size; ``"vmap"`` vmaps every trial of a chunk (on CPU, vmapped
 parameter copies turn convolutions into grouped convolutions, several times slower);
 ``"auto"`` is map on CPU, vmap on GPU/TPU. The trial axis is sharded over all devices with
 ``shard_map`` (padded to a multiple of the device count; the padding is dropped). Multi-host
@@ -57,9 +62,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from proact_jax.core.evaluate import EvalSet, accuracy_and_loss, eval_apply, evaluate, take_images
+from proact_jax.core.evaluate import EvalSet, evaluate, take_images
+from proact_jax.faults import carry, stats
 from proact_jax.faults import injection as faults
-from proact_jax.faults import neuron_faults, stats
+from proact_jax.faults import neuron_faults
 from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
 from proact_jax.faults.results import (CampaignResult, ResultsStore, fingerprint, load_results,
                                        result_from_store)
@@ -87,15 +93,17 @@ def _batched(one: Callable, idx: jax.Array, mode: str, trial_batch: int | None):
 
 @functools.lru_cache(maxsize=64)
 def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: int,
-            images_per_trial: tuple[int, int] | None = None,
+            images_per_trial: tuple[int, int] | None = None, carried: bool = False,
             act_plan: neuron_faults.ActivationPlan | None = None):
-  """jit(f)((clean, aux), data, key, ber_index, ber, idx) -> (acc, loss, n_w, n_t, n_a), each
-  [len(idx)]; ``(clean, aux) = faults.quantize_with_aux(...)``. ``images_per_trial``:
+  """jit(f)((clean, aux), data, key, ber_index, ber, idx) -> (acc, loss, n_w, n_t, n_a, ok),
+  each [len(idx)]; ``(clean, aux) = faults.quantize_with_aux(...)``. ``images_per_trial``:
   ``(n, m)``, evaluate each trial on ``m`` of the ``n`` images (None: all of them).
-  ``act_plan``: activation faults keyed by ``fold_in(trial_key, 5)`` (None: none)."""
-  apply_fn = eval_apply(model)
+  ``carried``: one carried tree (:mod:`carry`; ``ok`` False marks trials to rerun), else a
+  fresh copy per trial (``ok`` always True). ``act_plan``: activation faults keyed by
+  ``fold_in(trial_key, 5)`` (None: none; ``n_a`` is 0)."""
+  evaluate_trial = neuron_faults.trial_evaluator(model, act_plan)
 
-  def local(clean, data, key, ber_index, ber, idx):
+  def copying(clean, data, key, ber_index, ber, idx):
     bkey = jax.random.fold_in(key, ber_index)
 
     def one(t):
@@ -105,15 +113,12 @@ def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: i
       if images_per_trial is not None:
         pick = trial_image_indices(jax.random.fold_in(tkey, 2), *images_per_trial)
         images = take_images(data, pick)
-      if act_plan is None:
-        acc, loss = accuracy_and_loss(apply_fn, v, images)
-        return acc, loss, nw, nt, jnp.int32(0)
-      acc, loss, na = neuron_faults.accuracy_and_loss(
-          model, v, images, jax.random.fold_in(tkey, neuron_faults.ACTIVATION_KEY), ber, act_plan)
-      return acc, loss, nw, nt, na
+      acc, loss, na = evaluate_trial(v, images, tkey, ber)
+      return acc, loss, nw, nt, na, jnp.bool_(True)
 
     return _batched(one, idx, mode, trial_batch)
 
+  local = carry.campaign_trials(evaluate_trial, plan, images_per_trial) if carried else copying
   if n_dev == 1:
     return jax.jit(local)
   mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("trials",))
@@ -125,8 +130,14 @@ def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: i
 def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: float,
                 trials: Sequence[int], mode: str, trial_batch: int | None,
                 size: int | None = None, images_per_trial: int | None = None,
+                carried: bool | None = None,
                 act_plan: neuron_faults.ActivationPlan | None = None) -> tuple[np.ndarray, ...]:
   """Runs the given trial indices (padded to ``size`` and to a multiple of the device count).
+
+  ``carried`` (default: in map mode without ``trial_batch``) carries one corrupted tree through
+  the trials (:mod:`carry`) and reruns the rare trials it flags on the copying path; the
+  numbers are the same either way. ``act_plan``: activation faults
+  (:func:`neuron_faults.activation_plan`). Returns ``(acc, loss, n_w, n_t, n_a)`` per trial.
 
   ``clean``: ``faults.quantize_with_aux(variables, plan.fmt, space)``. ``images_per_trial``:
   evaluate each trial on that many random images of ``data`` (None: all of them); the callers
@@ -138,8 +149,11 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
   size = max(size or len(trials), len(trials))
   size = -(-size // n_dev) * n_dev
   idx = np.concatenate([trials, np.full(size - len(trials), trials[-1], np.int32)])
-  f = _runner(model, plan, mode, trial_batch, n_dev, None if m is None else (int(data.n), m),
-              act_plan)
+  images = None if m is None else (int(data.n), m)
+  if carried is None:  # the carried tree implements the Bernoulli sampler only
+    carried = (mode == "map" and not (trial_batch and trial_batch > 1)
+               and plan.rule == "bernoulli")
+  f = _runner(model, plan, mode, trial_batch, n_dev, images, carried, act_plan)
   if n_dev > 1:
     mesh = Mesh(np.asarray(jax.devices()), ("trials",))
     idx = jax.make_array_from_callback(idx.shape, NamedSharding(mesh, P("trials")),
@@ -148,10 +162,17 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     out = multihost_utils.process_allgather(out, tiled=True)
-  acc, loss, nw, nt, na = (np.asarray(o)[:len(trials)] for o in out)
+  acc, loss, nw, nt, na, ok = (np.asarray(o)[:len(trials)] for o in out)
   # exact count / n in float64: float32 division may differ in the last bit across batchings
   n_eval = int(data.n) if m is None else m
   acc = np.rint(acc.astype(np.float64) * n_eval) / n_eval
+  if not ok.all():  # carried trials short of sparse candidates: rerun on the copying path
+    redo = np.flatnonzero(~ok)
+    again = _run_trials(model, plan, clean, data, key, ber_index, ber, trials[redo], "map", 1,
+                        len(redo), m, carried=False, act_plan=act_plan)
+    acc, loss, nw, nt, na = (o.copy() for o in (acc, loss, nw, nt, na))
+    for o, a in zip((acc, loss, nw, nt, na), again):
+      o[redo] = a
   return acc, loss, nw, nt, na
 
 
@@ -192,7 +213,9 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
                  reference: str | None = None, trial_batch: int | None = None,
                  mode: str = "auto", confidence: float = 0.95,
                  on_chunk: Callable | None = None,
-                 images_per_trial: int | None = None) -> CampaignResult:
+                 images_per_trial: int | None = None,
+                 fault_rule: str = "bernoulli",
+                 stop_pairwise: bool = False) -> CampaignResult:
   """A paired campaign over one or several variants, resumable through a JSONL results file.
 
   Args:
@@ -218,6 +241,14 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
       ``fold_in(trial_key, 2)`` (the same for every variant; see module docstring), 1 <= m <=
       ``eval_set.n``; None evaluates every trial on all images. Recorded in the configuration
       when set. The clean accuracy is always measured on the whole eval set.
+    fault_rule: ``"bernoulli"`` (default) or ``"toolbox-floor"``: exactly
+      ``floor(n_leaf * bits * BER)`` flips in every leaf (kernels, biases, threshold tensors;
+      see :func:`trial.make_plan`). Recorded in the configuration when not Bernoulli; activation
+      faults (``"activations"`` in ``space.collections``) need ``"bernoulli"``.
+    stop_pairwise: sequential mode: stop a BER only when every pairwise difference between
+      the non-reference variants either excludes 0 after Holm's correction (over the pairs at
+      that BER) or has a half-width <= ``ci_target`` (:func:`stats.pairwise_should_stop`),
+      instead of every variant's own half-width; ``max_trials`` caps it.
 
   Returns:
     A :class:`CampaignResult`.
@@ -241,9 +272,12 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
   reference = reference or ("relu" if "relu" in variants else names[0])
   if reference not in variants:
     raise ValueError(f"reference variant {reference!r} is not one of {', '.join(names)}")
-  plans = {n: make_plan(v, fmt, space, max(bers), require_match=False)
-           for n, (_, v) in variants.items()}
+  plans = {n: make_plan(v, fmt, space, max(bers), require_match=False, rule=fault_rule,
+                       bers=tuple(bers)) for n, (_, v) in variants.items()}
   act_plan = neuron_faults.activation_plan(space, fmt, max(bers))
+  if act_plan is not None and fault_rule != "bernoulli":
+    raise ValueError(f"activation faults follow the Bernoulli rule only; fault rule "
+                     f"{fault_rule!r} cannot be combined with them")
   act_bits = {n: neuron_faults.activation_bits(m, v, tuple(eval_set.x.shape[2:]), act_plan)
               for n, (m, v) in variants.items()} if act_plan else {}
   if space.layer is not None and all(p.weights is None and p.thresholds is None
@@ -256,7 +290,8 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
     chunk = 10 if sequential else -(-int(trials) // -(-int(trials) // 64))
   chunk = max(1, int(chunk))
   config = {
-      "version": 1, "key": np.asarray(jax.random.key_data(key)).tolist(), "bers": bers,
+      # 2: exactly uniform positions and the whole model quantised (files of 1 are not resumed)
+      "version": 2, "key": np.asarray(jax.random.key_data(key)).tolist(), "bers": bers,
       "format": fmt.name, "space": dataclasses.asdict(space),
       "trial_key": "fold_in(fold_in(key, ber_index), trial); weights fold_in(k, 0), "
                    "thresholds fold_in(k, 1)",
@@ -274,17 +309,21 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
         "key": "fold_in(trial_key, 5); site evaluation j (forward order), image position p: "
                "fold_in(fold_in(k, j), p)",
         "bits_per_image": act_bits}
+  if fault_rule != "bernoulli":  # only when set: Bernoulli results files keep their config
+    config["fault_rule"] = fault_rule
   if images_per_trial is not None:  # only when set: full-set results files keep their config
     config["images_per_trial"] = images_per_trial
     config["image_key"] = "fold_in(trial_key, 2): permutation(n)[:images_per_trial]"
   run = {"trials": int(trials), "ci_target": ci_target, "min_trials": min_trials,
+         **({"stop_pairwise": True} if stop_pairwise else {}),
          "max_trials": max_trials, "chunk": chunk, "mode": mode, "trial_batch": trial_batch,
          "devices": jax.device_count(), "reference": reference}
   store = ResultsStore(results_path, config, run, write=jax.process_index() == 0)
-  clean = {n: faults.quantize_with_aux(v, fmt, space) for n, (_, v) in variants.items()}
-  for n, (m, _) in variants.items():
-    if n not in store.clean:
-      store.add_clean(n, *evaluate(m, clean[n][0], eval_set))
+  try:
+    clean = _clean_references(store, variants, fmt, space, eval_set)
+  except BaseException:
+    store.close()
+    raise
 
   if sequential:
     first = -(-min_trials // chunk) * chunk
@@ -327,8 +366,13 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
         if bar is not None:
           bar.set_postfix(ber=f"{ber:.0e}", n=n_k, mean=f"{100 * np.mean(accs[reference]):.2f}%",
                           hw=f"{100 * worst:.2f}pp")
-        if sequential and all(stats.should_stop(a, ci_target / 100.0, min_trials, confidence)
-                              for a in accs.values()):
+        if sequential and stop_pairwise:
+          if stats.pairwise_should_stop([accs[v] for v in names if v != "relu"],
+                                        ci_target / 100.0, min_trials, confidence,
+                                        family_multiplier=len(bers)):
+            break
+        elif sequential and all(stats.should_stop(a, ci_target / 100.0, min_trials, confidence)
+                                for a in accs.values()):
           break
       if bar is not None:
         bar.update(len(names) * (bounds[-1] - n_done))
@@ -336,4 +380,16 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
   finally:
     if bar is not None:
       bar.close()
+    store.close()
   return result_from_store(store, bers, names, reference, final_n, confidence)
+
+
+def _clean_references(store: ResultsStore, variants: dict, fmt, space, eval_set: EvalSet):
+  """Each variant's clean tree (the whole model in ``fmt``) with its aux; records the clean
+  accuracy, as the exact count correct / n like the trials', when the store lacks it."""
+  clean = {n: faults.quantize_with_aux(v, fmt, space) for n, (_, v) in variants.items()}
+  for n, (m, _) in variants.items():
+    if n not in store.clean:
+      acc, loss = evaluate(m, clean[n][0], eval_set)
+      store.add_clean(n, np.rint(np.float64(acc) * eval_set.n) / eval_set.n, loss)
+  return clean

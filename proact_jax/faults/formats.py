@@ -12,9 +12,10 @@ are used (DESIGN.md section 3), and back:
 * ``"float32"``: the IEEE bit pattern (flips may produce NaN and Inf).
 * ``"bf16"``, ``"fp16"``: round to that type, then its 16-bit pattern (fp16 overflows to Inf
   beyond 65504, as the hardware would).
-* ``"int8"``: symmetric per-tensor ``scale = max|w| / 127`` (1 for an all-zero tensor),
-  ``q = clip(round(w / scale), -128, 127)`` in 8 bits. The scale is auxiliary data computed
-  from the clean tensor and is not itself a fault site.
+* ``"int8"``: symmetric per-tensor ``scale = max|w| * float32(1/127)`` (1 for an all-zero
+  tensor), ``q = clip(round(w * (127 / max|w|)), -128, 127)`` in 8 bits, the same bits eagerly
+  and under jit (:func:`_int8_scale`). The scale is auxiliary data computed from the clean
+  tensor and is not itself a fault site.
 
 ``encode`` returns ``(bits, aux)``, where ``aux`` is a float32 scalar (the int8 scale, 1 for the
 other formats); ``decode(bits, aux)`` inverts it; ``quantize(x) = decode(*encode(x))``.
@@ -68,8 +69,8 @@ class NumberFormat:
       return half.astype(jnp.uint32), one
     if self.kind == "int8":
       amax = jnp.max(jnp.abs(x)) if x.size else jnp.float32(0.0)
-      scale = jnp.where(amax > 0, amax / 127.0, one).astype(jnp.float32)
-      return _to_twos(jnp.clip(jnp.round(x / scale), -128, 127), 8), scale
+      scale, inv = _int8_scale(amax)
+      return _to_twos(jnp.clip(jnp.round(x * inv), -128, 127), 8), scale
     return _to_twos(jnp.round(x * np.float32(2.0 ** self.frac_bits)), self.bits), one
 
   def decode(self, bits: jax.Array, aux: jax.Array) -> jax.Array:
@@ -97,6 +98,25 @@ class NumberFormat:
       return -half / 2.0 ** self.frac_bits, (half - 1) / 2.0 ** self.frac_bits
     info = jnp.finfo(_HALF.get(self.kind, jnp.float32))
     return float(info.min), float(info.max)
+
+
+def _int8_scale(amax: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(scale, 1 / scale)`` of an int8 tensor with largest magnitude ``amax`` (1, 1 when 0).
+
+  Only multiplications by constants and one division of two traced scalars: XLA rewrites a
+  division by a constant (``amax / 127``) or by a broadcast scalar (``x / scale``) into a
+  multiplication by a rounded reciprocal under jit but not eagerly, so the natural formulas
+  give different scales and rounding eagerly and inside jit.
+  """
+  amax = jnp.asarray(amax, jnp.float32)
+  pos = amax > 0
+  safe = jnp.where(pos, amax, jnp.float32(1.0))
+  scale = jnp.where(pos, safe * _INV_127, jnp.float32(1.0))
+  inv = jnp.where(pos, jnp.float32(127.0) / safe, jnp.float32(1.0))
+  return scale, inv
+
+
+_INV_127 = np.float32(1.0 / 127.0)
 
 
 def _to_twos(r: jax.Array, word: int) -> jax.Array:

@@ -8,8 +8,10 @@ probability ``ber``. Sampled without touching every bit: the count
 ``K ~ Binomial(n_bits, ber)`` (``jax.random.binomial`` on chunks of 2^16 bits, summed as
 integers, so float32 never has to hold ``n_bits``), then ``K`` distinct positions uniform among
 ``n_bits`` (conditioned on ``K``, which is exactly the Bernoulli model). Positions are
-``(value index, bit)`` pairs, drawn with replacement in a static batch of candidates and
-de-duplicated keeping first occurrences in draw order; the first ``K`` distinct ones are used.
+``(value index, bit)`` pairs, drawn with replacement in a static batch of candidates (each an
+exactly uniform 32-bit word reduced mod ``n_bits``, the words of the incomplete last period
+rejected: no modulo bias) and de-duplicated keeping first occurrences in draw order; the first
+``K`` distinct ones are used.
 When fewer than ``K`` distinct candidates exist (``K`` above the static cap, or too many
 collisions), ``lax.cond`` switches to an exact dense path: a loop that draws further candidate
 batches and accepts those not yet chosen until ``K`` are chosen (choosing the ``n_bits - K``
@@ -63,8 +65,9 @@ class FaultSpace:
     bit_lo, bit_hi: only bits ``bit_lo <= bit < bit_hi`` of each word (``bit_hi=None``: the
       format's word length), for per-bit campaigns.
 
-  Every floating leaf of ``collections`` is stored (quantised) in the format, whether or not the
-  filters select it, so the clean reference is the same for every layer or bit filter.
+  The stored model is the whole model in the format: every floating leaf of every collection is
+  quantised, whether or not it is a fault site, so the clean reference is the same for every
+  fault space (collections, layer or bit filter).
   """
   collections: tuple[str, ...] = ("params", "thresholds")
   kernels: bool = True
@@ -143,8 +146,9 @@ def _encode_with(fmt: NumberFormat, x: jax.Array, aux: jax.Array) -> jax.Array:
   """``fmt.encode(x)[0]`` with a given aux (the int8 scale of the clean tensor)."""
   if fmt.kind != "int8":
     return fmt.encode(x)[0]
-  x = jnp.asarray(x, jnp.float32)
-  return _to_twos(jnp.clip(jnp.round(x / jnp.asarray(aux, jnp.float32)), -128, 127), 8)
+  x = jnp.asarray(x, jnp.float32)  # clean values q * scale: x / scale is q within 1e-5
+  inv = jnp.float32(1.0) / jnp.asarray(aux, jnp.float32)
+  return _to_twos(jnp.clip(jnp.round(x * inv), -128, 127), 8)
 
 
 def _inject(key, leaves: list, k, cap: int, fmt: NumberFormat, lo: int, hi: int, op: str,
@@ -194,7 +198,7 @@ def _inject(key, leaves: list, k, cap: int, fmt: NumberFormat, lo: int, hi: int,
 def _quantized(flat: dict, fmt: NumberFormat, space: FaultSpace, aux: dict | None = None) -> dict:
   out = dict(flat)
   for p, x in flat.items():
-    if p[0] in space.collections and _is_float(x):
+    if _is_float(x):  # every collection: the fault space only chooses what can flip
       bits, a = fmt.encode(x)
       out[p] = fmt.decode(bits, a).astype(x.dtype)
       if aux is not None:
@@ -204,8 +208,9 @@ def _quantized(flat: dict, fmt: NumberFormat, space: FaultSpace, aux: dict | Non
 
 def quantize_variables(variables: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
                        space: FaultSpace = FaultSpace()) -> Any:
-  """The clean reference: every floating leaf of ``space.collections`` quantised in ``fmt``
-  (other collections unchanged). Untouched values of every injector equal these bit for bit."""
+  """The clean reference: the whole model in ``fmt`` (every floating leaf of every collection
+  quantised; ``space`` does not change it). Untouched values of every injector equal these bit
+  for bit."""
   return quantize_with_aux(variables, fmt, space)[0]
 
 
@@ -261,9 +266,9 @@ def flip_bits(key: chex.PRNGKey, variables: Any, ber: Any, fmt: str | NumberForm
     space: the fault space (static).
     max_flips: static cap of the fast path; default :func:`default_cap` of the concrete ``ber``
       (required when ``ber`` is traced). Counts above it take the exact dense path.
-    prequantized: ``variables`` is already the clean reference ``quantize_with_aux(v, fmt,
-      s)[0]`` (for a space ``s`` whose collections include ``space``'s): values are taken as
-      they are and only the hit ones are encoded, changed and decoded. The result equals
+    prequantized: ``variables`` is already the clean reference ``quantize_with_aux(v, fmt)[0]``
+      (the same for every space): values are taken as they are and only the hit ones are
+      encoded, changed and decoded. The result equals
       ``flip_bits`` on ``v`` bit for bit, except for fixed-point words of more than 24
       significant bits (|w| >= 256 in Q15.16), whose word is re-derived from the float32 value.
     aux: with ``prequantized``, the ``aux`` of :func:`quantize_with_aux` (required for int8).
@@ -337,15 +342,36 @@ def toolbox_floor_flips(key: chex.PRNGKey, variables: Any, ber: float,
   ``ber`` must be a Python float. Returns ``(variables, total_flips)``.
   """
   _check_prob(ber, "ber")
+  counts = floor_counts(variables, ber, fmt, space)
+  return floor_flips(key, variables, jnp.asarray(counts, jnp.int32), counts, fmt, space)
+
+
+def floor_counts(variables: Any, ber: float, fmt: str | NumberFormat = DEFAULT_FORMAT,
+                 space: FaultSpace = FaultSpace()) -> tuple[int, ...]:
+  """The toolbox rule's flips per leaf of ``space`` (in :func:`fault_leaves` order):
+  ``floor(n_leaf_values * bits * ber)``, computed in float64 on the host."""
+  lo, hi = space.bit_range(get_format(fmt))
+  flat = _flat(variables)
+  return tuple(int(math.floor(int(np.size(flat[p])) * (hi - lo) * float(ber)))
+               for p in _select(flat, space))
+
+
+def floor_flips(key: chex.PRNGKey, variables: Any, counts: jax.Array, caps: Sequence[int],
+                fmt: str | NumberFormat = DEFAULT_FORMAT, space: FaultSpace = FaultSpace(), *,
+                prequantized: bool = False, aux: dict | None = None):
+  """``counts[i]`` distinct flips (traced ints, ``<= caps[i]``, static) in leaf ``i`` of
+  ``space`` (:func:`fault_leaves` order), leaf ``i`` with ``fold_in(key, i)``. The toolbox
+  rule's injector (:func:`toolbox_floor_flips`; the campaign's ``fault_rule="toolbox-floor"``).
+  ``prequantized``, ``aux``: as in :func:`flip_bits`. Returns ``(variables, total flips)``."""
   fmt = get_format(fmt)
   lo, hi = space.bit_range(fmt)
   flat = _flat(variables)
-  out = _quantized(flat, fmt, space)
-  total = 0
+  out = dict(flat) if prequantized else _quantized(flat, fmt, space)
+  total = jnp.int32(0)
   for i, path in enumerate(_select(flat, space)):
-    k = int(math.floor(int(np.size(flat[path])) * (hi - lo) * float(ber)))
-    if k:
+    if caps[i]:
+      auxes = [_leaf_aux(fmt, aux, path)] if prequantized else None
       (out[path],) = _inject(jax.random.fold_in(key, i), [jnp.asarray(flat[path])],
-                             jnp.int32(k), k, fmt, lo, hi, "flip")
-    total += k
-  return traverse_util.unflatten_dict(out), jnp.int32(total)
+                             counts[i], int(caps[i]), fmt, lo, hi, "flip", auxes)
+      total = total + counts[i]
+  return traverse_util.unflatten_dict(out), total

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from proact_jax.core import evaluate as plain
 from proact_jax.core.evaluate import EvalSet, batch_counts
 from proact_jax.faults import injection as faults
 from proact_jax.faults.formats import NumberFormat, get_format
@@ -52,7 +53,7 @@ ACTIVATIONS = "activations"
 ACTIVATION_KEY = 5  # fold_in(trial_key, ACTIVATION_KEY) is a campaign trial's activation key
 
 __all__ = ["ACTIVATIONS", "ACTIVATION_KEY", "ActivationPlan", "accuracy_and_loss",
-           "activation_bits", "activation_plan", "faulty_apply"]
+           "activation_bits", "activation_plan", "faulty_apply", "trial_evaluator"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +145,21 @@ def accuracy_and_loss(model, variables, data: EvalSet, key, ber, plan: Activatio
   nb = int(data.x.shape[0])
   correct, loss, flips = jax.lax.map(one, (jnp.arange(nb), data.x, data.y, data.mask))
   return jnp.sum(correct) / data.n, jnp.sum(loss) / data.n, jnp.sum(flips)
+
+
+def trial_evaluator(model, plan: ActivationPlan | None):
+  """``ev(variables, data, trial_key, ber) -> (accuracy, loss, activation flips)`` of one campaign
+  trial: :func:`accuracy_and_loss` keyed by ``fold_in(trial_key, ACTIVATION_KEY)``, or with
+  ``plan`` None the plain evaluation and 0 flips. Traceable."""
+  apply_fn = plain.eval_apply(model)
+
+  def ev(variables, data: EvalSet, trial_key, ber):
+    if plan is None:
+      return (*plain.accuracy_and_loss(apply_fn, variables, data), jnp.int32(0))
+    return accuracy_and_loss(model, variables, data,
+                             jax.random.fold_in(trial_key, ACTIVATION_KEY), ber, plan)
+
+  return ev
 
 
 def activation_bits(model, variables, input_shape, plan: ActivationPlan) -> int:

@@ -12,69 +12,41 @@ File layout (one JSON object per line):
   "n_flips_weights", "n_flips_thresholds"}``: one trial (per-trial key
   ``fold_in(fold_in(key, ber_index), trial)``).
 
-Rows are appended and flushed as trials finish. Reopening a file with the same ``config``
-resumes (a torn last line from a crash is cut off); a different ``config`` is refused.
+A stratified campaign (:mod:`proact_jax.faults.stratified`) writes the same layout with a
+``strata`` entry in ``config`` (the critical set, ``k_max``, the exact stratum weights per BER)
+and ``stratum`` and ``n_flips_critical`` in its trial rows, which are keyed by (variant,
+ber_index, stratum, trial); :func:`load_results` then returns a :class:`StratifiedResult`. A
+vulnerability map (:mod:`proact_jax.faults.vulnerability`) uses the store with its own keys.
+
+Rows are appended as whole lines and fsynced as trials finish (a failed append, e.g. on a full
+disk, is cut back). Reopening a file with the same ``config`` resumes from any prefix a crash can
+leave: an empty file, a torn header, a torn last line; a different ``config`` is refused. The
+writing process holds an exclusive ``flock`` on the file, so a second writer is refused.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
+import io
 import json
 import math
 import os
 from typing import Any, Iterable
 
-import jax
 import numpy as np
-from flax import traverse_util
-from flax.core import unfreeze
 
-from proact_jax.faults import stats
+from proact_jax.core.files import (check_regular_output, json_default as _default,
+                                   json_differences, lock, normalise_json, tree_digest, unlock,
+                                   write_bytes_atomic)
+from proact_jax.faults import stats, strata
 
 _FIELDS = ("accuracy", "loss", "n_flips", "n_flips_weights", "n_flips_thresholds")
 
 
 def fingerprint(tree: Any) -> str:
   """SHA-256 (hex, 16 chars) over the sorted leaf paths, dtypes, shapes and bytes of a pytree."""
-  h = hashlib.sha256()
-  flat = traverse_util.flatten_dict(unfreeze(dict(tree))) if isinstance(tree, dict) else {
-      (str(i),): leaf for i, leaf in enumerate(jax.tree_util.tree_leaves(tree))}
-  for path in sorted(flat):
-    a = np.ascontiguousarray(np.asarray(flat[path]))
-    h.update("/".join(map(str, path)).encode())
-    h.update(f"{a.dtype}{a.shape}".encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
-
-
-def _normalise(obj: Any) -> Any:
-  """JSON round trip, so that tuples/lists and numpy scalars compare equal to what was read."""
-  return json.loads(json.dumps(obj, default=_default))
-
-
-def _default(o):
-  if isinstance(o, np.integer):
-    return int(o)
-  if isinstance(o, np.floating):
-    return float(o)
-  if isinstance(o, (np.ndarray, jax.Array)):
-    return np.asarray(o).tolist()
-  raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    out = []
-    for k in sorted(set(a) | set(b)):
-      name = f"{prefix}.{k}" if prefix else str(k)
-      if k not in a or k not in b:
-        out.append(name)
-      else:
-        out += _differences(a[k], b[k], name)
-    return out
-  return [] if a == b else [prefix or "config"]
+  return tree_digest(tree)[:16]
 
 
 class ResultsStore:
@@ -85,66 +57,114 @@ class ResultsStore:
     config: the identifying configuration (JSON-serialisable).
     run: informational settings written into a new file's header.
     write: whether this process writes (False on non-zero processes of a multi-host run).
+    key_fields: the row fields identifying a trial (the last one an integer trial index);
+      e.g. a stratified campaign adds ``stratum`` before ``trial``.
 
   Raises:
     ValueError: the file exists and was written by a different configuration, or is not a
       results file.
   """
 
+  KEY = ("variant", "ber_index", "trial")
+
   def __init__(self, path: str | None, config: dict, run: dict | None = None,
-               write: bool = True):
+               write: bool = True, key_fields: tuple[str, ...] | None = None):
     self.path = os.path.abspath(path) if path else None
-    self.config = _normalise(config)
-    self.rows: dict[tuple[str, int, int], dict] = {}
+    self.config = normalise_json(config)
+    self.key_fields = tuple(key_fields or self.KEY)
+    self.rows: dict[tuple, dict] = {}
     self.clean: dict[str, dict] = {}
     self._write = write and self.path is not None
-    if self.path and os.path.exists(self.path):
-      self._load()
-    elif self._write:
+    self._lock = None
+    header = {"type": "header", "config": self.config, "run": normalise_json(run or {})}
+    if self._write:
+      check_regular_output(self.path, "results file")
       os.makedirs(os.path.dirname(self.path), exist_ok=True)
-      self._append([{"type": "header", "config": self.config, "run": _normalise(run or {})}])
+      self._lock = lock(self.path)  # creates the file empty if absent: a resumable prefix
+    try:
+      if self.path and os.path.exists(self.path):  # a writer's lock created it: at least empty
+        self._load(header)
+    except BaseException:
+      self.close()
+      raise
 
-  def _load(self):
+  def close(self) -> None:
+    """Releases the results file's lock (the process's exit does too)."""
+    unlock(self._lock)
+    self._lock = None
+
+  def _torn_header(self, data: bytes) -> bool:
+    """Whether ``data`` is this campaign's header line cut by a crash (``run`` may differ)."""
+    part = json.dumps({"type": "header", "config": self.config}, default=_default)[:-1].encode()
+    return part.startswith(data) or data.startswith(part + b', "run": ')
+
+  def _load(self, header_row: dict):
     with open(self.path, "rb") as f:
       data = f.read()
     complete = data[:data.rfind(b"\n") + 1]  # a torn final line (crash mid-write) is dropped
-    lines = complete.decode().splitlines()
+    if not complete and self._write and (not data or self._torn_header(data)):
+      with open(self.path, "r+b") as f:  # empty, or a torn header: start the file again
+        f.truncate(0)
+      self._append([header_row])
+      return
     try:
+      lines = complete.decode().splitlines()
       header = json.loads(lines[0]) if lines else None
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError):
       header = None
     if not isinstance(header, dict) or header.get("type") != "header":
       raise ValueError(f"results file {self.path} is not a proact results file; use another --out")
-    diff = _differences(header.get("config"), self.config)
+    diff = json_differences(header.get("config"), self.config)
     if diff:
       raise ValueError(f"results file {self.path} was written by a different configuration "
                        f"(differs in: {', '.join(diff[:8])}); use another --out")
-    for line in lines[1:]:
-      row = json.loads(line)
-      if row.get("type") == "trial":
-        self.rows[(row["variant"], int(row["ber_index"]), int(row["trial"]))] = row
-      elif row.get("type") == "clean":
-        self.clean[row["variant"]] = row
+    for i, line in enumerate(lines[1:], 2):
+      try:
+        row = json.loads(line)
+        if row.get("type") == "trial":
+          self.rows[self._key(row)] = row
+        elif row.get("type") == "clean":
+          self.clean[row["variant"]] = row
+      except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"results file {self.path} is damaged at line {i} (not a crash's torn "
+                         "last line); use another --out") from None
     if self._write and len(complete) != len(data):
       with open(self.path, "r+b") as f:
         f.truncate(len(complete))
 
   def _append(self, rows: list[dict]):
+    """Appends whole lines; on a failure (full disk, interrupt) the file is cut back."""
     if not self._write or not rows:
       return
-    with open(self.path, "a") as f:
-      for r in rows:
-        f.write(json.dumps(r, default=_default) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
+    size = os.path.getsize(self.path) if os.path.exists(self.path) else 0
+    try:
+      with open(self.path, "a") as f:
+        for r in rows:
+          f.write(json.dumps(r, default=_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    except BaseException as e:
+      try:
+        os.truncate(self.path, size)
+      except OSError:
+        pass
+      if isinstance(e, OSError) and not e.filename:
+        raise OSError(e.errno, e.strerror, self.path) from None
+      raise
 
-  def done(self, variant: str, ber_index: int) -> set[int]:
-    return {t for (v, b, t) in self.rows if v == variant and b == ber_index}
+  def _key(self, row: dict) -> tuple:
+    return tuple(row[f] if isinstance(row[f], str) else int(row[f]) for f in self.key_fields)
+
+  def done(self, *prefix) -> set[int]:
+    """The trial indices (last key field) of the rows whose key starts with ``prefix`` (by
+    default ``variant, ber_index``)."""
+    k = len(prefix)
+    return {key[-1] for key in self.rows if key[:k] == prefix}
 
   def add_trials(self, rows: Iterable[dict]):
     new = []
     for r in rows:
-      k = (r["variant"], int(r["ber_index"]), int(r["trial"]))
+      k = self._key(r)
       if k not in self.rows:
         self.rows[k] = r
         new.append(r)
@@ -201,7 +221,7 @@ class CampaignResult:
     for v in self.variants:
       for i, ber in enumerate(self.bers):
         t = self.trials[v][i]
-        s = stats.summarize(t["accuracy"], self.confidence)
+        s = stats.summarize(t["accuracy"], self.confidence, bounds=(0.0, 1.0))
         row = {"variant": v, "ber": ber, **s,
                "mean_flips": float(np.mean(t["n_flips"])) if len(t["n_flips"]) else math.nan,
                "clean_accuracy": self.clean.get(v, {}).get("accuracy", math.nan),
@@ -220,11 +240,14 @@ class CampaignResult:
     common, ia, ib = np.intersect1d(ta["trial"], tb["trial"], return_indices=True)
     if len(common) < 2:
       return None
-    return stats.paired_difference(ta["accuracy"][ia], tb["accuracy"][ib], self.confidence)
+    return stats.paired_difference(ta["accuracy"][ia], tb["accuracy"][ib], self.confidence,
+                                   bounds=(-1.0, 1.0))
 
   def pairwise_rows(self, exclude: tuple = ("relu",)) -> list[dict]:
     """Every pair (a, b) of variants (a after b in variant order, ``exclude`` left out) at each
-    BER: the paired difference a - b with its CI and whether the CI excludes 0."""
+    BER: the paired difference a - b with its CI, whether the CI excludes 0, the paired t-test's
+    raw p-value and its Holm-adjusted p-value over the family of every row returned (all pairs
+    x all BERs of this campaign; :func:`stats.holm`)."""
     names = [v for v in self.variants if v not in exclude]
     rows = []
     for i, ber in enumerate(self.bers):
@@ -234,8 +257,17 @@ class CampaignResult:
           if d is not None:
             rows.append({"ber": ber, "a": a, "b": b, "n": d["n"], "diff_mean": d["mean"],
                          "diff_ci_low": d["ci_low"], "diff_ci_high": d["ci_high"],
-                         "decided": bool(d["ci_low"] > 0 or d["ci_high"] < 0)})
+                         "decided": bool(d["ci_low"] > 0 or d["ci_high"] < 0),
+                         "p_value": self.paired_pvalue(a, b, i)})
+    for r, p in zip(rows, stats.holm([r["p_value"] for r in rows])):
+      r["p_holm"] = float(p)
     return rows
+
+  def paired_pvalue(self, a: str, b: str, ber_index: int) -> float:
+    """Two-sided paired t-test p-value of a - b over the trials both ran."""
+    ta, tb = self.trials[a][ber_index], self.trials[b][ber_index]
+    _, ia, ib = np.intersect1d(ta["trial"], tb["trial"], return_indices=True)
+    return stats.paired_pvalue(ta["accuracy"][ia], tb["accuracy"][ib])
 
   def format_table(self) -> str:
     """Markdown table: accuracies and differences in percentage points."""
@@ -259,19 +291,83 @@ class CampaignResult:
     """Writes ``prefix.summary.csv`` and ``prefix.summary.md``; returns their paths."""
     csv_path, md_path = prefix + ".summary.csv", prefix + ".summary.md"
     rows = self.summary_rows()
-    with open(csv_path + ".tmp", "w", newline="") as f:
-      w = csv.DictWriter(f, fieldnames=list(rows[0]))
-      w.writeheader()
-      w.writerows(rows)
-    os.replace(csv_path + ".tmp", csv_path)
-    with open(md_path + ".tmp", "w") as f:
-      f.write(self.format_table() + "\n")
-    os.replace(md_path + ".tmp", md_path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_bytes_atomic(csv_path, buf.getvalue().encode())
+    write_bytes_atomic(md_path, (self.format_table() + "\n").encode())
     return csv_path, md_path
+
+
+@dataclasses.dataclass
+class StratifiedResult(CampaignResult):
+  """A stratified campaign's trials (``trials[v][b]`` also holds ``stratum`` and
+  ``n_flips_critical``) summarised with the stratified estimator (:mod:`proact_jax.strata`):
+  means, intervals and paired differences use the exact stratum weights ``weights[b]``;
+  ``mean_flips`` is the stratified mean of the flip counts."""
+  weights: list = dataclasses.field(default_factory=list)
+
+  def _samples(self, v: str, b: int, field: str = "accuracy") -> list[np.ndarray]:
+    t = self.trials[v][b]
+    return [t[field][t["stratum"] == h] for h in range(len(self.weights[b]))]
+
+  def summary_rows(self) -> list[dict]:
+    rows = []
+    for v in self.variants:
+      for i, ber in enumerate(self.bers):
+        s = strata.stratified_summary(self._samples(v, i), self.weights[i], self.confidence)
+        flips = strata.stratified_summary(self._samples(v, i, "n_flips"), self.weights[i])
+        row = {"variant": v, "ber": ber, **{k: s[k] for k in (
+                   "n", "mean", "std", "ci_low", "ci_high", "half_width", "dof")},
+               "n_strata": " ".join(map(str, s["n_strata"])), "mean_flips": flips["mean"],
+               "clean_accuracy": self.clean.get(v, {}).get("accuracy", math.nan),
+               "diff_mean": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan}
+        if v != self.reference:
+          d = self.paired(v, self.reference, i)
+          if d is not None:
+            row.update(diff_mean=d["mean"], diff_ci_low=d["ci_low"], diff_ci_high=d["ci_high"])
+        rows.append(row)
+    return rows
+
+  def paired(self, a: str, b: str, ber_index: int) -> dict | None:
+    """Stratified paired difference a - b over the (stratum, trial) pairs both ran."""
+    ta, tb = self.trials[a][ber_index], self.trials[b][ber_index]
+    xa, xb = [], []
+    for h in range(len(self.weights[ber_index])):
+      ia, ib = ta["stratum"] == h, tb["stratum"] == h
+      _, ja, jb = np.intersect1d(ta["trial"][ia], tb["trial"][ib], return_indices=True)
+      xa.append(ta["accuracy"][ia][ja])
+      xb.append(tb["accuracy"][ib][jb])
+    d = strata.stratified_difference(xa, xb, self.weights[ber_index], self.confidence)
+    return None if not math.isfinite(d["mean"]) else d
+
+
+STRATA_FIELDS = ("variant", "ber_index", "stratum", "trial")
+
+
+def strata_arrays(store: ResultsStore, variant: str, ber_index: int,
+                  counts: list | None = None) -> dict[str, np.ndarray]:
+  """A stratified (variant, BER)'s trials as arrays sorted by (stratum, trial); with ``counts``
+  only trials ``t < counts[h]`` of stratum ``h``."""
+  keys = sorted(k[2:] for k in store.rows if k[:2] == (variant, ber_index)
+                and (counts is None or k[3] < counts[k[2]]))
+  out = {"stratum": np.asarray([k[0] for k in keys], np.int64),
+         "trial": np.asarray([k[1] for k in keys], np.int64)}
+  for f in _FIELDS + ("n_flips_critical",):
+    out[f] = np.asarray([store.rows[(variant, ber_index, *k)][f] for k in keys], np.float64)
+  return out
 
 
 def result_from_store(store: ResultsStore, bers: list, variants: list, reference: str,
                       n_per_ber: list | None = None, confidence: float = 0.95) -> CampaignResult:
+  if "strata" in store.config:
+    weights = store.config["strata"]["weights"]
+    trials = {v: [strata_arrays(store, v, i, None if n_per_ber is None else n_per_ber[i])
+                  for i in range(len(bers))] for v in variants}
+    clean = {v: {"accuracy": r["accuracy"], "loss": r["loss"]} for v, r in store.clean.items()}
+    return StratifiedResult(store.config, list(bers), list(variants), reference, trials, clean,
+                            confidence, store.path, [np.asarray(w) for w in weights])
   trials = {v: [store.arrays(v, i, None if n_per_ber is None else n_per_ber[i])
                 for i in range(len(bers))] for v in variants}
   clean = {v: {"accuracy": r["accuracy"], "loss": r["loss"]} for v, r in store.clean.items()}
@@ -292,6 +388,9 @@ def load_results(path: str, reference: str | None = None) -> CampaignResult:
   if header.get("type") != "header":
     raise ValueError(f"{path} is not a proact results file")
   config = header["config"]
-  store = ResultsStore(path, config, write=False)
+  if config.get("kind") == "vulnerability":
+    raise ValueError(f"{path} is a vulnerability map (proact vulnerability), not a campaign")
+  store = ResultsStore(path, config, write=False,
+                       key_fields=STRATA_FIELDS if "strata" in config else ResultsStore.KEY)
   variants = list(config["variants"])
   return result_from_store(store, config["bers"], variants, reference or variants[0])

@@ -62,14 +62,30 @@ def sample_count(key: chex.PRNGKey, n_bits: int, p: Any) -> jax.Array:
   return jnp.where(p == 0, 0, jnp.where(p == 1, jnp.int32(n_bits), total)).astype(jnp.int32)
 
 
+def _rejection_rate(n_bits: int) -> float:
+  """Share of 32-bit words :func:`_candidates` rejects: ``(2^32 mod n_bits) / 2^32``."""
+  return (2 ** 32 % int(n_bits)) / 2 ** 32
+
+
 def _candidates(key, n_values: int, nb: int, m: int):
-  """``m`` uniform (value, bit) draws; ``first`` marks first occurrences (draw order)."""
-  kv, kb = jax.random.split(key)
-  v = jax.random.randint(kv, (m,), 0, n_values, jnp.int32)
-  b = jax.random.randint(kb, (m,), 0, nb, jnp.int32)
+  """``m`` (value, bit) draws, each exactly uniform over the ``n_values * nb`` positions or
+  rejected; ``first`` marks the first occurrence (draw order) of each accepted position.
+
+  One uniform 32-bit word ``r`` per draw; ``r`` is accepted when below the largest multiple of
+  ``n_bits`` that fits in 2^32, and then ``r mod n_bits`` is uniform (no modulo bias, unlike
+  ``jax.random.randint``, whose bias of about ``n_bits / 2^32`` favours part of the range).
+  Rejected draws get the value index ``n_values`` (past the end) and are never ``first``.
+  """
+  n_bits = n_values * nb
+  r = jax.random.bits(key, (m,), jnp.uint32)
+  limit = (2 ** 32 // n_bits) * n_bits
+  ok = jnp.ones((m,), bool) if limit == 2 ** 32 else r < jnp.uint32(limit)
+  pos = r % jnp.uint32(n_bits)
+  v = jnp.where(ok, (pos // jnp.uint32(nb)).astype(jnp.int32), jnp.int32(n_values))
+  b = jnp.where(ok, (pos % jnp.uint32(nb)).astype(jnp.int32), jnp.int32(0))
   sv, sb, sd = jax.lax.sort((v, b, jnp.arange(m, dtype=jnp.int32)), num_keys=3)
   first_sorted = jnp.concatenate(
-      [jnp.ones((1,), bool), (sv[1:] != sv[:-1]) | (sb[1:] != sb[:-1])])
+      [jnp.ones((1,), bool), (sv[1:] != sv[:-1]) | (sb[1:] != sb[:-1])]) & (sv < n_values)
   first = jnp.zeros((m,), bool).at[sd].set(first_sorted)
   return v, b, first, (sv, sb, sd)
 
@@ -85,9 +101,10 @@ def _dense_masks(key, k, n_values: int, nb: int, lo: int, batch: int) -> jax.Arr
     key, sub = jax.random.split(key)
     v, b, first, _ = _candidates(sub, n_values, nb, batch)
     bit = jnp.left_shift(jnp.uint32(1), (b + lo).astype(jnp.uint32))
-    ok = first & ((chosen[v] & bit) == 0)
+    ok = first & ((chosen[jnp.minimum(v, n_values - 1)] & bit) == 0)  # rejected: not first
     take = ok & (jnp.cumsum(ok) <= left)
-    chosen = chosen.at[v].add(jnp.where(take, bit, jnp.uint32(0)))  # distinct bits: add == or
+    chosen = chosen.at[v].add(jnp.where(take, bit, jnp.uint32(0)),  # distinct bits: add == or
+                              mode="drop")
     return key, chosen, left - jnp.sum(take, dtype=jnp.int32)
 
   init = (key, jnp.zeros((n_values,), jnp.uint32), target.astype(jnp.int32))
@@ -96,25 +113,43 @@ def _dense_masks(key, k, n_values: int, nb: int, lo: int, batch: int) -> jax.Arr
   return jnp.where(comp, chosen ^ full, chosen)
 
 
+def _sparse_pick(key, k, n_values: int, nb: int, cap: int):
+  """The sparse path's draw of ``k`` distinct positions among ``n_values x nb``: a static batch
+  of candidates sized for ``cap``. Returns ``(sv, sb, take, ok, k_dense, batch)``: candidate
+  values and bits sorted by (value, bit), which of them are taken (the first ``k`` distinct in
+  draw order), whether there were ``k`` distinct ones, and the dense path's key and batch."""
+  n_bits = n_values * nb
+  if n_bits >= 2 ** 31:
+    raise ValueError(f"fault space of {n_bits} bits exceeds 2^31 - 1")
+  m = max(1, cap + math.ceil(4 * cap * cap / n_bits) + 16)
+  q = _rejection_rate(n_bits)
+  if q:  # room for the rejected draws (mean + 6 sd), so the sparse path stays the usual one
+    m = math.ceil((m + 6 * math.sqrt(m * q)) / (1 - q))
+  batch = max(m, min(_DENSE_BATCH, n_bits))
+  k_sparse, k_dense = jax.random.split(key)
+  _, _, first, (sv, sb, sd) = _candidates(k_sparse, n_values, nb, m)
+  ok = jnp.sum(first, dtype=jnp.int32) >= k
+  take = (first & (jnp.cumsum(first) <= k))[sd]  # first k distinct in draw order, sorted
+  return sv, sb, take, ok, k_dense, batch
+
+
+def _sparse_masks(sv, sb, take, lo: int) -> jax.Array:
+  """One combined flip mask per value, on each of its (sorted) entries; 0 on unused ones."""
+  bit = jnp.where(take, jnp.left_shift(jnp.uint32(1), (sb + lo).astype(jnp.uint32)),
+                  jnp.uint32(0))
+  group = jnp.cumsum(jnp.concatenate([jnp.ones((1,), bool), sv[1:] != sv[:-1]])) - 1
+  return jnp.zeros(sv.shape, jnp.uint32).at[group].add(bit)[group]
+
+
 def _choose(key, k, n_values: int, lo: int, hi: int, cap: int,
             sparse_fn: Callable, dense_fn: Callable):
   """Chooses ``k`` distinct positions; calls ``sparse_fn(value_idx, masks)`` (sorted by value;
   mask 0 = unused slot) or, when the candidates are too few, ``dense_fn(masks_per_value)``."""
   nb = hi - lo
-  n_bits = n_values * nb
-  m = max(1, cap + math.ceil(4 * cap * cap / n_bits) + 16)
-  batch = max(m, min(_DENSE_BATCH, n_bits))
-  k_sparse, k_dense = jax.random.split(key)
-  _, _, first, (sv, sb, sd) = _candidates(k_sparse, n_values, nb, m)
-  ok = jnp.sum(first, dtype=jnp.int32) >= k
+  sv, sb, take, ok, k_dense, batch = _sparse_pick(key, k, n_values, nb, cap)
 
   def sparse():
-    take = (first & (jnp.cumsum(first) <= k))[sd]  # first k distinct in draw order, sorted
-    bit = jnp.where(take, jnp.left_shift(jnp.uint32(1), (sb + lo).astype(jnp.uint32)),
-                    jnp.uint32(0))
-    group = jnp.cumsum(jnp.concatenate([jnp.ones((1,), bool), sv[1:] != sv[:-1]])) - 1
-    combined = jnp.zeros((m,), jnp.uint32).at[group].add(bit)[group]  # one mask per value
-    return sparse_fn(sv, combined)
+    return sparse_fn(sv, _sparse_masks(sv, sb, take, lo))
 
   def dense():
     return dense_fn(_dense_masks(k_dense, jnp.where(ok, 0, k), n_values, nb, lo, batch))

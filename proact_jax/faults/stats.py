@@ -1,6 +1,9 @@
 """Statistics of fault-injection campaigns: confidence intervals, sample sizes, stopping rules.
 
-numpy/scipy only. Intervals are Student-t intervals on the mean of per-trial accuracies.
+numpy/scipy only. Intervals are Student-t intervals on the mean of per-trial accuracies; where
+they would leave the possible range (an accuracy outside [0, 1], e.g. a mean near 100 % over
+few trials) they are clipped to it (``bounds``), not replaced by Wilson intervals: the samples
+are per-trial accuracies, not one binomial proportion.
 Sample-size planning follows Leveugle et al., "Statistical fault injection: quantified error and
 confidence", DATE 2009, or a pilot run's variance.
 """
@@ -20,8 +23,13 @@ def _t(confidence: float, dof: float) -> float:
   return float(sps.t.ppf(0.5 + confidence / 2.0, dof))
 
 
-def summarize(acc_samples: Sequence[float], confidence: float = 0.95) -> dict:
+def summarize(acc_samples: Sequence[float], confidence: float = 0.95,
+              bounds: tuple[float, float] | None = None) -> dict:
   """Mean of the samples with its Student-t confidence interval.
+
+  Args:
+    bounds: the range the samples' mean cannot leave (``(0, 1)`` for accuracies); the interval
+      is clipped to it (``half_width`` stays the t half-width).
 
   Returns:
     ``dict(n, mean, std, ci_low, ci_high, half_width)``; ``std`` is the sample standard
@@ -34,7 +42,10 @@ def summarize(acc_samples: Sequence[float], confidence: float = 0.95) -> dict:
   half = _t(confidence, n - 1) * std / math.sqrt(n) if n > 1 else math.inf
   if n == 0:
     half = math.nan
-  return dict(n=n, mean=mean, std=std, ci_low=mean - half, ci_high=mean + half, half_width=half)
+  low, high = mean - half, mean + half
+  if bounds is not None and n:
+    low, high = (float(np.clip(v, *bounds)) for v in (low, high))
+  return dict(n=n, mean=mean, std=std, ci_low=low, ci_high=high, half_width=half)
 
 
 def leveugle_sample_size(population: int, margin: float, confidence: float = 0.95,
@@ -82,7 +93,8 @@ def should_stop(samples: Sequence[float], target_half_width: float, min_trials: 
   return summarize(samples, confidence)["half_width"] <= target_half_width
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95,
+                      bounds: tuple[float, float] | None = None) -> dict:
   """Mean of ``a[i] - b[i]`` (trials sharing a fault draw) with its own t interval.
 
   Returns the :func:`summarize` dict of the differences.
@@ -91,7 +103,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
   b = np.asarray(b, np.float64).ravel()
   if a.shape != b.shape:
     raise ValueError(f"paired samples need equal lengths, got {a.size} and {b.size}")
-  return summarize(a - b, confidence)
+  return summarize(a - b, confidence, bounds)
 
 
 def unpaired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict:
@@ -104,3 +116,68 @@ def unpaired_difference(a: Sequence[float], b: Sequence[float], confidence: floa
   half = _t(confidence, dof) * math.sqrt(va + vb)
   return dict(n=int(a.size), mean=mean, std=math.nan, ci_low=mean - half, ci_high=mean + half,
               half_width=half)
+
+
+def paired_pvalue(a: Sequence[float], b: Sequence[float]) -> float:
+  """Two-sided paired t-test p-value of ``mean(a - b) = 0`` (1 when every difference is 0,
+  0 when they are all equal and nonzero; nan with fewer than 2 pairs)."""
+  d = np.asarray(a, np.float64).ravel() - np.asarray(b, np.float64).ravel()
+  if d.size < 2:
+    return math.nan
+  sd = float(d.std(ddof=1))
+  if sd == 0.0:
+    return 1.0 if float(d.mean()) == 0.0 else 0.0
+  t = float(d.mean()) / (sd / math.sqrt(d.size))
+  return float(2.0 * sps.t.sf(abs(t), d.size - 1))
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+  """Holm's step-down adjusted p-values (Holm 1979), in the input order.
+
+  Sorted ascending, ``p_adj(j) = max_{i <= j} min(1, (m - i + 1) p(i))`` with ``m`` the number
+  of finite p-values (nan stays nan and does not count). Monotone in the sorted order; rejecting
+  ``p_adj <= alpha`` controls the family-wise error rate at ``alpha`` under any dependence.
+  """
+  p = np.asarray(pvalues, np.float64).ravel()
+  out = np.full(p.shape, math.nan)
+  idx = np.flatnonzero(np.isfinite(p))
+  m = idx.size
+  if m == 0:
+    return out
+  order = idx[np.argsort(p[idx], kind="stable")]
+  running = 0.0
+  for j, i in enumerate(order):
+    running = max(running, min(1.0, (m - j) * p[i]))
+    out[i] = running
+  return out
+
+
+def pairwise_should_stop(samples: Sequence[Sequence[float]], target_half_width: float,
+                         min_trials: int = 30, confidence: float = 0.95,
+                         max_trials: int | None = None, family_multiplier: int = 1) -> bool:
+  """Paired sequential stopping rule over several variants' per-trial accuracies (same trials).
+
+  Stop once ``min_trials`` are done and every pairwise difference either excludes 0 after
+  Holm's correction over the pairs given, times ``family_multiplier`` (Bonferroni over e.g. the
+  campaign's BERs, which are decided one after another), at level ``1 - confidence``, or has a
+  t half-width <= the target; or at ``max_trials``. With fewer than 2 variants it is
+  :func:`should_stop` on each. The rule looks at the data after every chunk, and the p-values
+  are not corrected for those repeated looks: a difference declared at the stop is a screening
+  result; report it with the final fixed-sample Holm p-values.
+  """
+  arrays = [np.asarray(s, np.float64).ravel() for s in samples]
+  if len(arrays) < 2:
+    return all(should_stop(a, target_half_width, min_trials, confidence, max_trials)
+               for a in arrays)
+  n = min(a.size for a in arrays)
+  if max_trials is not None and n >= max_trials:
+    return True
+  if n < max(2, min_trials):
+    return False
+  pairs = [(i, j) for j in range(len(arrays)) for i in range(j)]
+  diffs = [arrays[j][:n] - arrays[i][:n] for i, j in pairs]
+  p_adj = np.minimum(1.0, holm([paired_pvalue(d, np.zeros(n)) for d in diffs])
+                     * max(1, int(family_multiplier)))
+  alpha = 1.0 - confidence
+  return all(p <= alpha or summarize(d, confidence)["half_width"] <= target_half_width
+             for p, d in zip(p_adj, diffs))

@@ -24,7 +24,7 @@ from proact_jax.core.activations import THRESHOLDS
 from proact_jax.faults import injection as faults
 from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
 
-__all__ = ["FaultPlan", "check_bers", "check_images_per_trial", "corrupt", "make_plan",
+__all__ = ["FAULT_RULES", "FaultPlan", "check_bers", "check_images_per_trial", "corrupt", "make_plan",
            "trial_image_indices"]
 
 
@@ -46,6 +46,10 @@ class FaultPlan:
   cap_thresholds: int = 0
   bits_weights: int = 0
   bits_thresholds: int = 0
+  rule: str = "bernoulli"
+  floor_bers: tuple = ()         # toolbox-floor: the campaign's BERs and, per BER, the flips
+  floor_weights: tuple = ()      # per leaf of ``weights`` / ``thresholds``
+  floor_thresholds: tuple = ()
 
 
 def _subspace(variables, space: faults.FaultSpace, collections: tuple) -> faults.FaultSpace | None:
@@ -59,10 +63,21 @@ def _subspace(variables, space: faults.FaultSpace, collections: tuple) -> faults
   return sub if leaves else None
 
 
+FAULT_RULES = ("bernoulli", "toolbox-floor")
+
+
 def make_plan(variables, fmt: str | NumberFormat = DEFAULT_FORMAT,
               space: faults.FaultSpace | None = None, max_ber: float = 1e-4,
-              require_match: bool = True) -> FaultPlan:
+              require_match: bool = True, rule: str = "bernoulli",
+              bers: tuple = ()) -> FaultPlan:
   """Splits ``space`` into weights and thresholds and sizes the static caps for ``max_ber``.
+
+  ``rule``: ``"bernoulli"`` (every bit flips independently with probability BER) or
+  ``"toolbox-floor"``, the authors' toolbox rule: exactly ``floor(n_leaf * bits * BER)`` flips
+  in every leaf of the fault space (each kernel, each bias, each threshold tensor, scalar
+  thresholds included), so a leaf with ``n_leaf * bits * BER < 1`` (biases, scalar thresholds,
+  small layers at low BER) is never hit and the count has no variance. It needs ``bers``, the
+  campaign's BERs (counts are computed per BER on the host, in float64).
 
   Raises:
     ValueError: bad bit range, or (``require_match``) a layer filter that matches nothing.
@@ -77,6 +92,15 @@ def make_plan(variables, fmt: str | NumberFormat = DEFAULT_FORMAT,
     faults.fault_leaves(variables, space)  # raises with the list of layer names
   bw = faults.count_bits(variables, fmt, w) if w else 0
   bt = faults.count_bits(variables, fmt, t) if t else 0
+  if rule not in FAULT_RULES:
+    raise ValueError(f"unknown fault rule {rule!r}; expected one of {', '.join(FAULT_RULES)}")
+  if rule == "toolbox-floor":
+    bers = tuple(check_bers(bers))
+    per = lambda sub: tuple(faults.floor_counts(variables, b, fmt, sub) for b in bers) if sub \
+        else ()
+    fw, ft = per(w), per(t)
+    return FaultPlan(fmt, w, t, sum(max(c) for c in zip(*fw)) if fw else 0,
+                     sum(max(c) for c in zip(*ft)) if ft else 0, bw, bt, rule, bers, fw, ft)
   return FaultPlan(fmt, w, t, faults.default_cap(bw, max_ber) if bw else 0,
                    faults.default_cap(bt, max_ber) if bt else 0, bw, bt)
 
@@ -86,13 +110,26 @@ def corrupt(key: chex.PRNGKey, variables, ber: Any, plan: FaultPlan, *,
   """One trial's corruption: ``(variables, n_flips_weights, n_flips_thresholds)``.
 
   Weights use ``fold_in(key, 0)``, thresholds ``fold_in(key, 1)``; ``ber`` may be traced.
-  ``prequantized``, ``aux``: ``variables, aux = faults.quantize_with_aux(v, plan.fmt, space)``
-  (see ``faults.flip_bits``; the same result as ``corrupt`` on ``v``, faster).
+  ``prequantized``, ``aux``: ``variables, aux = faults.quantize_with_aux(v, plan.fmt)`` (see
+  ``faults.flip_bits``); otherwise the whole model is quantised here first, so the thresholds'
+  call does not re-store the weights the first call faulted (an int8 scale would change).
   """
+  if not prequantized:
+    variables, aux = faults.quantize_with_aux(variables, plan.fmt)
+    prequantized = True
   nw = nt = jnp.int32(0)
+  if plan.rule == "toolbox-floor":  # the BER selects its row of per-leaf counts
+    b = jnp.argmin(jnp.abs(jnp.asarray(plan.floor_bers, jnp.float32) - jnp.float32(ber)))
   for i, (sub, cap) in enumerate(((plan.weights, plan.cap_weights),
                                   (plan.thresholds, plan.cap_thresholds))):
-    if sub is not None:
+    if sub is not None and plan.rule == "toolbox-floor":
+      table = plan.floor_weights if i == 0 else plan.floor_thresholds
+      caps = tuple(max(c) for c in zip(*table))
+      variables, n = faults.floor_flips(jax.random.fold_in(key, i), variables,
+                                        jnp.asarray(table, jnp.int32)[b], caps, plan.fmt, sub,
+                                        prequantized=prequantized, aux=aux)
+      nw, nt = (n, nt) if i == 0 else (nw, n)
+    elif sub is not None:
       variables, n = faults.flip_bits(jax.random.fold_in(key, i), variables, ber, plan.fmt, sub,
                                       max_flips=cap, prequantized=prequantized, aux=aux)
       nw, nt = (n, nt) if i == 0 else (nw, n)

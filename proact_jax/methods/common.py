@@ -19,6 +19,7 @@ from proact_jax.core import thresholds as thr_lib
 from proact_jax.core.activations import THRESHOLDS
 from proact_jax.core.evaluate import EvalSet, evaluate
 from proact_jax.core.profile import thresholds_from_profile
+from proact_jax.methods.progress import Progress, open_progress  # noqa: F401  (re-exported)
 from proact_jax.transform.network import FlaxNetwork, as_network
 
 METHODS = ("ranger", "ft-clipact", "fitact", "proact")
@@ -110,58 +111,3 @@ def accuracy(model, variables, data: EvalSet) -> float:
 def batches_of(x: np.ndarray, batch_size: int = 256):
   for i in range(0, len(x), batch_size):
     yield x[i:i + batch_size]
-
-
-class Progress:
-  """Per-stage progress of a hardening run on disk, so an interrupted run resumes.
-
-  ``directory/progress.json`` lists finished stages with their summaries and
-  ``directory/thresholds.npz`` holds the threshold tree after the last finished stage; both are
-  replaced atomically. A different configuration in the same directory is refused.
-  """
-
-  def __init__(self, directory: str | None, config: dict):
-    import json
-    import os
-    self.dir = directory
-    self.config = json.loads(json.dumps(config, default=str))
-    self.stages: list = []
-    self.tree = None
-    if directory is None:
-      return
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "progress.json")
-    if os.path.exists(path):
-      with open(path) as f:
-        saved = json.load(f)
-      if saved.get("config") != self.config:
-        raise ValueError(f"{directory} holds progress of a different hardening configuration; "
-                         "use another output directory")
-      self.stages = saved["stages"]
-      with np.load(os.path.join(directory, "thresholds.npz")) as z:
-        self.flat = {k: z[k] for k in z.files}
-
-  def restore(self, template: dict) -> dict | None:
-    """The saved tree shaped like ``template``, or None when nothing is saved."""
-    if not self.stages:
-      return None
-    tree = template
-    for site in thr_lib.site_names(template):
-      tree = thr_lib.set_site(tree, site, self.flat[site])
-    return tree
-
-  def done(self, stage: str) -> dict | None:
-    return next((s for s in self.stages if s["stage"] == stage), None)
-
-  def save(self, stage: str, tree: dict, info: dict) -> None:
-    import os
-    from proact_jax.training.checkpoint import write_json_atomic
-    self.stages.append({"stage": stage, **info})
-    if self.dir is None:
-      return
-    flat = {s: np.asarray(thr_lib.get_site(tree, s)) for s in thr_lib.site_names(tree)}
-    tmp = os.path.join(self.dir, ".thresholds.tmp.npz")
-    np.savez(tmp, **flat)
-    os.replace(tmp, os.path.join(self.dir, "thresholds.npz"))
-    write_json_atomic(os.path.join(self.dir, "progress.json"),
-                      {"config": self.config, "stages": self.stages})

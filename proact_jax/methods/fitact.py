@@ -1,5 +1,8 @@
 """FitAct (Mousavi et al., DATE 2022): neuron-wise smooth clip at every site, all thresholds
-trained together by gradient descent with the weights frozen (cross-entropy + small L2)."""
+trained together by gradient descent with the weights frozen (cross-entropy + small L2).
+
+With a ``workdir``, progress is saved after every epoch (thresholds and optimiser state), so an
+interrupted run resumes at the next epoch with the uninterrupted run's result."""
 
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ import numpy as np
 
 from proact_jax.core import thresholds as thr_lib
 from proact_jax.core.evaluate import EvalSet
-from proact_jax.methods.common import (Hardened, Progress, accuracy, baseline_variables,
+from proact_jax.methods.common import (Hardened, accuracy, baseline_variables,
                                        batches_of, check_granularity, profiled_thresholds,
-                                       site_order, site_summary, with_activation)
+                                       open_progress, site_order, site_summary,
+                                       with_activation)
 from proact_jax.methods.threshold_training import ThresholdTraining, train_thresholds
 
 
@@ -40,8 +44,9 @@ def fitact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
   student = with_activation(model, "smooth", config.granularity)
   tree, _ = profiled_thresholds(model, frozen, student, input_shape, batches_of(x_profile))
   order = site_order(student, frozen, input_shape)
-  store = Progress(workdir, {"method": "fitact", **dataclasses.asdict(config),
-                             "n_train": len(x_train), "n_profile": len(x_profile)})
+  store = open_progress(workdir, {"method": "fitact", **dataclasses.asdict(config),
+                                  "n_train": len(x_train), "n_profile": len(x_profile)},
+                        frozen, x_profile, x_train, y_train, val_set)
   saved = store.restore(tree)
   if saved is not None:
     tree = saved
@@ -51,7 +56,8 @@ def fitact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
                             ce_weight=1.0, gamma=config.gamma)
     tree, hist = train_thresholds(jax.random.PRNGKey(config.seed), student, frozen, tree, order,
                                   x_train, y_train, None, val_set, cfg, desc="fitact",
-                                  progress=progress)
+                                  progress=progress, resume=store.partial("all"),
+                                  on_epoch=lambda s: store.save_partial("all", s))
     store.save("all", tree, {"history": hist})
   hardened = thr_lib.merge(frozen, tree)
   return Hardened("fitact", student, hardened, "smooth", config.granularity,

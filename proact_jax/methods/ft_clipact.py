@@ -20,9 +20,10 @@ import numpy as np
 from proact_jax.core import thresholds as thr_lib
 from proact_jax.core.evaluate import EvalSet, make_eval_set
 from proact_jax.faults.campaign import accuracy_under_faults
-from proact_jax.methods.common import (Hardened, Progress, accuracy, baseline_variables,
+from proact_jax.methods.common import (Hardened, accuracy, baseline_variables,
                                        batches_of, check_granularity, profiled_thresholds,
-                                       site_order, site_summary, with_activation)
+                                       open_progress, site_order, site_summary,
+                                       with_activation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +63,9 @@ def ft_clipact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_t
   n = min(config.images, len(x_train))
   idx = np.asarray(jax.random.permutation(jax.random.PRNGKey(config.seed), len(x_train)))[:n]
   fi_set = make_eval_set(x_train[idx], y_train[idx])
-  store = Progress(workdir, {"method": "ft-clipact", **dataclasses.asdict(config),
-                             "n_train": len(x_train), "n_profile": len(x_profile)})
+  store = open_progress(workdir, {"method": "ft-clipact", **dataclasses.asdict(config),
+                                  "n_train": len(x_train), "n_profile": len(x_profile)},
+                        frozen, x_profile, x_train, y_train, val_set)
   tree = store.restore(tree) or tree
   key = jax.random.PRNGKey(config.seed + 1)
   for i, site in enumerate(order):

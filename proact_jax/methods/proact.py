@@ -11,10 +11,13 @@ import jax
 import numpy as np
 
 from proact_jax.core import thresholds as thr_lib
+from proact_jax.core.distill import check_kd_direction
 from proact_jax.core.evaluate import EvalSet, predict
-from proact_jax.methods.common import (Hardened, Progress, accuracy, baseline_variables,
+from proact_jax.methods.common import (Hardened, accuracy, baseline_variables,
                                        batches_of, check_granularity, profiled_thresholds,
-                                       site_order, site_summary, with_activation)
+                                       open_progress, site_order, site_summary,
+                                       with_activation)
+from proact_jax.methods.guard import AccuracyGuard, GuardRule
 from proact_jax.methods.threshold_training import ThresholdTraining, train_thresholds
 
 
@@ -28,8 +31,12 @@ class ProActConfig:
   halve_every: int = 10
   temperature: float = 1.0
   gammas: tuple = (1e-2, 1e-3, 1e-4)  # tried in turn until a site's guard accepts
-  budget: float = 0.002          # clean-accuracy budget (fraction: 0.002 = 0.2 points)
+  budget: float = 0.002          # guard tolerance tau on the validation drop (0.2 points)
   seed: int = 0
+  kd_direction: str = "student-teacher"  # KL(student || teacher), Eq. 7; or "teacher-student"
+  target: float | None = 0.01    # test drop to stay under with prob. >= Phi(guard_z) (None: off)
+  guard_z: float = 1.645
+  guard_test_images: int = 0     # n_test in the guard's SE (0: as many as validation images)
 
 
 def proact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train: np.ndarray,
@@ -45,10 +52,21 @@ def proact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
     val_set: the accuracy guard's validation images.
     eval_set: where the reported clean accuracy is measured (default: val_set).
     workdir: where per-site progress is kept; an interrupted run resumes there.
+
+  The accuracy guard (:mod:`proact_jax.methods.guard`): a site's new thresholds are kept only
+  while the validation drop ``d`` of the whole model is <= ``budget`` and
+  ``d + guard_z * sqrt(q~ (1/n_val + 1/n_test)) <= target`` (``q~`` the smoothed rate of
+  validation images on which it disagrees with the baseline), so that the TEST drop exceeds
+  ``target`` with probability at most about ``1 - Phi(guard_z)`` (5 %); ``target=None`` keeps
+  only the fixed tolerance ``budget``. Size ``n_val`` so that the margin leaves room: the margin
+  at ``k`` disagreements is ``1.645 sqrt((k+1)/(n_val+2) (1/n_val + 1/n_test))``.
   """
   check_granularity("proact", config.granularity)
-  if config.budget < 0:
-    raise ValueError(f"accuracy budget must be >= 0, got {config.budget}")
+  check_kd_direction(config.kd_direction)
+  if not 0.0 <= config.budget <= 1.0:  # nan fails too
+    raise ValueError(f"accuracy budget must be in [0, 1] (a fraction), got {config.budget}")
+  if config.target is not None and not 0 < config.target < 1:
+    raise ValueError(f"the guard's target test drop must be in (0, 1), got {config.target}")
   t0 = time.time()
   eval_set = eval_set or val_set
   input_shape = tuple(x_profile.shape[1:])
@@ -57,11 +75,13 @@ def proact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
   tree, _ = profiled_thresholds(model, frozen, student, input_shape,
                                 batches_of(x_profile))
   order = site_order(student, frozen, input_shape)
-  store = Progress(workdir, {"method": "proact", **dataclasses.asdict(config),
-                             "n_train": len(x_train), "n_profile": len(x_profile)})
+  store = open_progress(workdir, {"method": "proact", **dataclasses.asdict(config),
+                                  "n_train": len(x_train), "n_profile": len(x_profile)},
+                        frozen, x_profile, x_train, y_train, val_set)
   tree = store.restore(tree) or tree
-  base_val = accuracy(model, frozen, val_set)
-  floor = base_val - config.budget
+  guard = AccuracyGuard(model, frozen, val_set, GuardRule(
+      config.budget, config.target, config.guard_z, config.guard_test_images))
+  base_val = guard.base_accuracy
   teacher = predict(model, frozen, x_train)       # computed once, not every epoch
   key = jax.random.PRNGKey(config.seed)
   stage_acc = {}
@@ -76,9 +96,10 @@ def proact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
     for j, gamma in enumerate(config.gammas):
       cfg = ThresholdTraining(epochs=epochs, batch_size=config.batch_size,
                               learning_rate=config.learning_rate, halve_every=config.halve_every,
-                              temperature=config.temperature, gamma=gamma)
+                              temperature=config.temperature, gamma=gamma,
+                              kd_direction=config.kd_direction)
       new, h = train_thresholds(jax.random.fold_in(key, i * 100 + j), student, frozen, tree,
-                                [site], x_train, y_train, teacher, val_set, cfg, floor=floor,
+                                [site], x_train, y_train, teacher, val_set, cfg, guard=guard,
                                 desc=f"proact {site} gamma={gamma:g}", progress=progress)
       hist.append({"gamma": gamma, "epochs": h})
       if new is not None:
@@ -99,4 +120,7 @@ def proact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
                   clean_accuracy=accuracy(student, hardened, eval_set),
                   baseline_accuracy=accuracy(model, frozen, eval_set),
                   sites=site_summary(tree, order, stage_acc), wall_time=time.time() - t0,
-                  extra={"val_baseline": base_val, "budget": config.budget})
+                  extra={"val_baseline": base_val, "budget": config.budget,
+                         "kd_direction": config.kd_direction, "target": config.target,
+                         "guard_z": config.guard_z, "n_val": int(val_set.n),
+                         "guard_test_images": config.guard_test_images or int(val_set.n)})

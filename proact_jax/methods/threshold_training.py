@@ -8,7 +8,7 @@ every other leaf, threshold or weight, stays bit-identical.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,7 @@ class ThresholdTraining:
   kd_weight: float = 1.0
   ce_weight: float = 1.0
   gamma: float = 0.0             # weight of sum(lam^2) over the trained sites
+  kd_direction: str = "student-teacher"  # KL(student || teacher), the paper's Eq. 7
 
 
 def make_step(model, tx: optax.GradientTransformation, cfg: ThresholdTraining, trained: dict,
@@ -47,7 +48,8 @@ def make_step(model, tx: optax.GradientTransformation, cfg: ThresholdTraining, t
     logits = eval_apply(model)(thr_lib.merge(frozen, thr), x)
     loss = cfg.ce_weight * jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
     if cfg.kd_weight:
-      loss = loss + cfg.kd_weight * kl_divergence(logits, t_logits, cfg.temperature)
+      loss = loss + cfg.kd_weight * kl_divergence(logits, t_logits, cfg.temperature,
+                                                  cfg.kd_direction)
     if cfg.gamma:
       own = jax.tree_util.tree_map(lambda a, m: a if m else jnp.zeros(()), thr, trained)
       loss = loss + cfg.gamma * l2_thresholds(own)
@@ -77,17 +79,31 @@ def optimizer(cfg: ThresholdTraining, steps_per_epoch: int) -> optax.GradientTra
 def train_thresholds(key: jax.Array, model, frozen: dict, thr: dict, sites: Sequence[str],
                      x: np.ndarray, y: np.ndarray, teacher_logits: np.ndarray | None,
                      val_set: EvalSet, cfg: ThresholdTraining, *, floor: float | None = None,
-                     desc: str = "", progress: bool = True):
+                     desc: str = "", progress: bool = True, guard=None,
+                     resume: dict | None = None, on_epoch: Callable[[dict], None] | None = None):
   """Trains the thresholds of ``sites`` (all others frozen).
 
   Args:
     key: PRNG key for the per-epoch shuffles.
     floor: the accuracy guard: when given, return the thresholds of the last epoch whose
       validation accuracy was >= floor (None if no epoch was); else those of the last epoch.
+    guard: instead of ``floor``, ``guard(model, variables) -> (accepted, val_accuracy, info)``
+      (:class:`proact_jax.methods.guard.AccuracyGuard`); its info goes into the history.
+    on_epoch: called after every epoch with ``{"epoch": epochs done, "history", "thr", "opt",
+      "accepted"}`` (tree leaves as numpy arrays); passing that dict back as ``resume``
+      continues from there with the uninterrupted run's result (the shuffle of epoch ``e`` is
+      ``fold_in(key, e)``, and the optimiser state is restored).
 
   Returns:
     (thresholds or None, history of per-epoch dicts).
   """
+  for name, ok in (("epochs", isinstance(cfg.epochs, int) and cfg.epochs >= 1),
+                   ("batch_size", isinstance(cfg.batch_size, int) and cfg.batch_size >= 1),
+                   ("learning_rate", 0.0 < cfg.learning_rate < float("inf")),
+                   ("gamma", 0.0 <= cfg.gamma < float("inf")),
+                   ("temperature", 0.0 < cfg.temperature < float("inf"))):
+    if not ok:
+      raise ValueError(f"threshold training: {name} = {getattr(cfg, name)!r} is out of range")
   if len(x) < cfg.batch_size:
     raise ValueError(f"{len(x)} training images are fewer than the batch size {cfg.batch_size}")
   trained = jax.tree_util.tree_map(lambda _: False, thr)
@@ -103,8 +119,17 @@ def train_thresholds(key: jax.Array, model, frozen: dict, thr: dict, sites: Sequ
   if cfg.kd_weight and teacher_logits is None:
     raise ValueError("knowledge distillation needs teacher logits")
   t_logits = teacher_logits if teacher_logits is not None else np.zeros((len(x), 1), np.float32)
-  accepted, history = None, []
-  bar = tqdm(range(cfg.epochs), desc=desc, disable=not progress, leave=False)
+  accepted, history, start = None, [], 0
+  thr_def, opt_def = jax.tree_util.tree_structure(thr), jax.tree_util.tree_structure(opt_state)
+  if resume is not None:
+    start, history = int(resume["epoch"]), list(resume["history"])
+    thr = jax.tree_util.tree_unflatten(thr_def, [jnp.asarray(a) for a in resume["thr"]])
+    opt_state = jax.tree_util.tree_unflatten(opt_def, [jnp.asarray(a) for a in resume["opt"]])
+    if resume["accepted"] is not None:
+      accepted = jax.tree_util.tree_unflatten(thr_def, [jnp.asarray(a)
+                                                        for a in resume["accepted"]])
+  leaves = lambda t: [np.asarray(a) for a in jax.tree_util.tree_leaves(t)]
+  bar = tqdm(range(start, cfg.epochs), desc=desc, disable=not progress, leave=False)
   for epoch in bar:
     perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), len(x)))
     losses = []
@@ -112,9 +137,17 @@ def train_thresholds(key: jax.Array, model, frozen: dict, thr: dict, sites: Sequ
       idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
       thr, opt_state, loss = step(thr, opt_state, frozen, x[idx], y[idx], t_logits[idx])
       losses.append(loss)
-    acc = evaluate(model, thr_lib.merge(frozen, thr), val_set)[0]
-    history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": acc})
+    if guard is not None:
+      ok, acc, info = guard(model, thr_lib.merge(frozen, thr))
+    else:
+      acc, info = evaluate(model, thr_lib.merge(frozen, thr), val_set)[0], {}
+      ok = floor is None or acc >= floor
+    history.append({"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": acc, **info})
     bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", val_acc=f"{acc:.4f}")
-    if floor is None or acc >= floor:
+    if ok:
       accepted = thr
+    if on_epoch is not None:
+      on_epoch({"epoch": epoch + 1, "history": history, "thr": leaves(thr),
+                "opt": leaves(opt_state), "accepted": None if accepted is None else
+                leaves(accepted)})
   return accepted, history

@@ -32,6 +32,7 @@ from flax.core import unfreeze
 
 from proact_jax.core import thresholds
 from proact_jax.core.activations import GRANULARITIES
+from proact_jax.core.files import create_json_exclusive
 from proact_jax.faults import activations as activation_faults
 from proact_jax.faults import injection as faults
 from proact_jax.models import create_model
@@ -151,7 +152,8 @@ def activation_report(key: chex.PRNGKey, variants: dict, x, *, ber: float = 1e-4
   Returns:
     ``{"type": "activations", "ber", "fmt", "trials", "images", "hist_ber", "variants",
     "layers", "sites", "table_v": {variant: {layer: {site: distance}}}, "histograms":
-    {variant: {site: counts}}}`` plus ``meta``'s items. ``variants``, ``layers`` and ``sites``
+    {variant: {site: counts}}, "site_sizes": {site: neurons per image}}`` plus ``meta``'s
+    items. ``variants``, ``layers`` and ``sites``
     (forward order) keep the order the sorted JSON file loses; counts as in
     :func:`histogram_counts`.
 
@@ -185,17 +187,25 @@ def activation_report(key: chex.PRNGKey, variants: dict, x, *, ber: float = 1e-4
       hists[name] = {s: histogram_counts(v["clean"], v["faulty"], bins)
                      for s, v in samples.items()}
       sites = sites or list(samples)
+  shapes = jax.eval_shape(lambda v, x: activation_faults._capture(first_model, v, x),
+                          dict(first_vars), x)
   out = {"type": "activations", **(meta or {}), "ber": float(ber), "fmt": str(fmt),
          "trials": int(trials), "images": int(x.shape[0]), "hist_ber": float(hist_ber),
          "variants": list(variants), "layers": layers,
          "sites": _site_order(first_model, first_vars, x, sites), "table_v": table,
-         "histograms": hists}
+         "histograms": hists,
+         "site_sizes": {s: int(np.prod(a.shape[1:])) for s, a in shapes.items()}}
   return out
 
 
-def save_activation_report(path: str, data: dict) -> str:
-  """Writes :func:`activation_report`'s result as JSON (atomically); returns the path."""
+def save_activation_report(path: str, data: dict, exclusive: bool = False) -> str:
+  """Writes :func:`activation_report`'s result as JSON (atomically); returns the path.
+
+  ``exclusive``: refuse if ``path`` exists, even if another process creates it meanwhile."""
   if data.get("type") != "activations":
     raise ValueError("not an activation report (expected type 'activations')")
-  write_json_atomic(path, data)
+  if exclusive:
+    create_json_exclusive(path, data)
+  else:
+    write_json_atomic(path, data)
   return path

@@ -134,3 +134,36 @@ def plot_histograms(hists: Mapping[str, Mapping[str, Any]], path: str | Sequence
   if title:
     fig.suptitle(title)
   return save_figure(fig, path)
+
+
+def plot_vulnerability(result, path: str | Sequence[str], variant: str,
+                       title: str | None = None) -> list[str]:
+  """Heatmap of a vulnerability map: mean single-flip accuracy drop (points), leaves x bits.
+
+  Args:
+    result: a :class:`~proact_jax.vulnerability.VulnerabilityResult` (``matrix(variant)``).
+    path: output file(s).
+    variant: which variant's map.
+    title: figure title (default: the variant).
+
+  Returns:
+    The written paths. Cells not measured are blank; the colour scale is logarithmic from
+    0.01 points (drops at or below it, including 0 and negative means, share the lowest colour).
+  """
+  from matplotlib.colors import LogNorm
+  leaves, groups, mat = result.matrix(variant)
+  pp = 100 * mat
+  fig = Figure(figsize=(1.6 + 0.28 * len(groups), 1.2 + 0.3 * len(leaves)), layout="constrained")
+  ax = fig.subplots()
+  top = max(float(np.nanmax(pp)) if np.isfinite(pp).any() else 1.0, 0.1)
+  shown = np.where(np.isfinite(pp), np.maximum(pp, 0.01), np.nan)
+  im = ax.imshow(np.ma.masked_invalid(shown), aspect="auto", cmap="magma_r",
+                 norm=LogNorm(vmin=0.01, vmax=top), interpolation="nearest")
+  ax.set_yticks(range(len(leaves)), [leaf.removeprefix("params/") for leaf in leaves],
+                fontsize=7)
+  labels = [str(a) if b == a + 1 else f"{a}-{b - 1}" for a, b in groups]
+  ax.set_xticks(range(len(groups)), labels, fontsize=7, rotation=90)
+  ax.set_xlabel("bit position (0 = least significant)")
+  fig.colorbar(im, ax=ax, label="mean accuracy drop (pp)")
+  ax.set_title(title or f"single-flip accuracy drop: {variant}", fontsize=9)
+  return save_figure(fig, path)

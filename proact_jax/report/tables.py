@@ -12,8 +12,13 @@ Definitions (accuracies are top-1 fractions; tables print percent / percentage p
   (quantised, unflipped) accuracy of the unprotected (relu) variant on the same images (else the
   checkpoint's); its 95 % CI is the t interval of the mean, mirrored. The paired difference vs
   the reference variant (same fault draws) with its CI is what decides orderings.
-* Table V, mean squared L2 distance ``||a_faulty - a_clean||^2`` per image at the last
-  activation site, faults in one layer at a time (:mod:`proact_jax.activation_stats`).
+* Table IV-b, paired differences between protected variants: paired t-test p-values, raw and
+  Holm-adjusted (step-down) over the family of every method pair x BER in the table for that
+  model; an ordering is claimed only where the Holm p-value is <= 0.05.
+* Table V, mean squared L2 distance ``||a_faulty - a_clean||^2`` per image, faults in one layer
+  at a time (:mod:`proact_jax.activation_stats`): averaged over all activation sites (Eq. 9)
+  and, as a second column, at the last activation site; per-site breakdown
+  (:mod:`proact_jax.report.table5`).
 
 Several campaign files of one model/dataset are merged when they share every setting but their
 variants (and agree on the variants they share); files of different models/datasets are grouped.
@@ -28,8 +33,11 @@ import os
 import re
 from typing import Sequence
 
-from proact_jax.faults.results import CampaignResult, _differences, load_results
+from proact_jax.core.files import json_differences
+from proact_jax.faults.results import CampaignResult, load_results
+from proact_jax.faults import stats
 from proact_jax.report import plots
+from proact_jax.report.table5 import _variants, table5  # noqa: F401  (table5 re-exported)
 from proact_jax.report.table_format import (  # noqa: F401  (markdown_table re-exported)
     _ber, _ci, _col, _md, _num, _pct, csv_text, markdown_table)
 
@@ -78,7 +86,7 @@ def _merge_campaign(g: Group, res: CampaignResult, path: str) -> None:
     g.campaign, g.info = res, dict(res.config.get("extra", {}))
     return
   old = g.campaign
-  diff = _differences(_strip(old.config), _strip(res.config))
+  diff = json_differences(_strip(old.config), _strip(res.config))
   if diff:
     raise ValueError(f"{path} and {g.paths[0]} are both {g.name} campaigns but cannot be merged "
                      f"(they differ in: {', '.join(diff[:6])})")
@@ -112,12 +120,6 @@ def _merge_activations(g: Group, data: dict, path: str) -> None:
   g.activations["variants"] = _variants(g.activations, "table_v") + _variants(data, "table_v")
   for k in ("table_v", "histograms"):
     g.activations[k] = {**g.activations.get(k, {}), **data.get(k, {})}
-
-
-def _variants(a: dict, key: str) -> list[str]:
-  """The variants of ``a[key]``, in the file's ``variants`` order (then sorted)."""
-  order = [v for v in a.get("variants", []) if v in a[key]]
-  return order + sorted(v for v in a[key] if v not in order)
 
 
 def load_inputs(paths: Sequence[str], reference: str | None = None) -> list[Group]:
@@ -255,42 +257,35 @@ def table4b_rows(groups: Sequence[Group], bers: Sequence[float] | None = None) -
   """Table IV-b: paired differences between every two protected variants at each BER."""
   rows = []
   for g in (g for g in groups if g.campaign is not None):
-    for r in g.campaign.pairwise_rows():
-      if bers is None or any(math.isclose(r["ber"], b, rel_tol=1e-9) for b in bers):
-        rows.append({"model": g.model, "dataset": g.dataset, **r})
+    mine = [{"model": g.model, "dataset": g.dataset, **r} for r in g.campaign.pairwise_rows()
+            if bers is None or any(math.isclose(r["ber"], b, rel_tol=1e-9) for b in bers)]
+    # Holm over the family shown: every method pair x BER of this model in the table.
+    for r, p in zip(mine, stats.holm([r["p_value"] for r in mine])):
+      r["p_holm"], r["family_size"] = float(p), len(mine)
+    rows += mine
   return rows
+
+
+def _p(x) -> str:
+  return "-" if x is None or not math.isfinite(x) else f"{x:.2g}"
 
 
 TABLE4B = _GROUP + (
     _col("ber", "BER", _ber), ("comparison", lambda r: f"{r['a']} - {r['b']}"),
     _col("n", "trials"), _col("diff_mean", "paired diff (pp)", _pct),
     ("95% CI", lambda r: _ci(r["diff_ci_low"], r["diff_ci_high"])),
-    ("CI excludes 0", lambda r: "yes" if r["decided"] else "no"))
+    ("CI excludes 0", lambda r: "yes" if r["decided"] else "no"),
+    _col("p_value", "p (raw)", _p), _col("p_holm", "p (Holm)", _p),
+    ("Holm p <= 0.05", lambda r: "yes" if r["p_holm"] <= 0.05 else "no"))
 
 
-def table5(groups: Sequence[Group]) -> tuple[list[dict], str]:
-  """Table V: CSV rows (every site) and markdown (last site; rows layers, columns variants)."""
-  rows, md = [], []
-  for g in (g for g in groups if g.activations is not None):
-    a = g.activations
-    variants = _variants(a, "table_v")
-    layers = a.get("layers") or sorted({l for v in variants for l in a["table_v"][v]})
-    sites = a.get("sites") or sorted({s for v in variants for l in layers
-                                      for s in a["table_v"][v].get(l, {})})
-    for v in variants:
-      rows += [{"model": g.model, "dataset": g.dataset, "variant": v, "layer": l, "site": s,
-                "distance": float(a["table_v"][v][l][s])}
-               for l in layers for s in sites if s in a["table_v"][v].get(l, {})]
-    last = sites[-1] if sites else ""
-    val = lambda v, l: a["table_v"][v].get(l, {}).get(last, math.nan)
-    body = [[l] + [f"{val(v, l):.4g}" for v in variants] for l in layers]
-    body.append(["mean"] + [f"{sum(val(v, l) for l in layers) / max(len(layers), 1):.4g}"
-                            for v in variants])
-    md.append(f"{g.name}: faults in one layer at a time, BER {_ber(a.get('ber', math.nan))}, "
-              f"{a.get('fmt', '?')}, {a.get('trials', '?')} trials x {a.get('images', '?')} "
-              f"images; distance at the last activation site `{last}`\n\n"
-              + markdown_table(["faulted layer"] + variants, body))
-  return rows, "\n".join(md)
+def _table4b_title(rows: Sequence[dict]) -> str:
+  fams = {}
+  for r in rows:
+    fams.setdefault(f"{r['model']} / {r['dataset']}", r["family_size"])
+  return ("Table IV-b: paired differences between protected variants (paired t-test; Holm "
+          "family: all method pairs x BERs in this table, " + ", ".join(
+              f"m = {m} for {n}" for n, m in fams.items()) + ")")
 
 
 def _write(path: str, text: str) -> None:
@@ -330,10 +325,17 @@ def write_report(paths: Sequence[str], out_dir: str, bers: Sequence[float] | Non
       f"Campaign trials of {g.name} are each evaluated on a fresh random subset of "
       f"{g.campaign.config['images_per_trial']} of the {g.campaign.config['eval_set']['n']} "
       "test images (`images_per_trial`); clean accuracies use all of them.\n"
-      for g in campaigns if g.campaign.config.get("images_per_trial") is not None]
+      for g in campaigns if g.campaign.config.get("images_per_trial") is not None] + [
+      f"Campaign trials of {g.name} are stratified on the number of flips K in "
+      f"{g.campaign.config['strata']['n_bits']} critical bits (strata K = 0 .. "
+      f"{g.campaign.config['strata']['k_max'] - 1} and K >= {g.campaign.config['strata']['k_max']}"
+      ", exact binomial weights): means, CIs and paired differences are stratified estimates "
+      "with Welch-Satterthwaite t intervals (`proact_jax.faults.strata`).\n"
+      for g in campaigns if "strata" in g.campaign.config]
   tables = [("table5_activation_distance", "Table V: mean squared L2 distance of activations",
              *reversed(table5(groups)))]
   if campaigns:
+    t4b = table4b_rows(groups, bers)
     tables = [(name, title, _md(rows, cols), rows) for name, title, rows, cols in (
         ("table2_clean_drop", "Table II: clean accuracy drop vs the baseline",
          table2_rows(groups), TABLE2),
@@ -341,8 +343,7 @@ def write_report(paths: Sequence[str], out_dir: str, bers: Sequence[float] | Non
         ("table4_faults", "Table IV: accuracy drop under faults (reference: " + ", ".join(
             f"{g.campaign.reference} for {g.name}" for g in campaigns) + ")",
          table4_rows(groups, bers), TABLE4),
-        ("table4b_pairwise", "Table IV-b: paired differences between protected variants",
-         table4b_rows(groups, bers), TABLE4B))] + tables
+        ("table4b_pairwise", _table4b_title(t4b), t4b, TABLE4B))] + tables
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:

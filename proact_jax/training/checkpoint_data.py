@@ -15,6 +15,7 @@ import numpy as np
 from proact_jax.core.evaluate import EvalSet, make_eval_set
 from proact_jax.data import pipeline
 from proact_jax.data import sources as data_lib
+from proact_jax.training.checkpoint import validate_meta
 
 
 @dataclasses.dataclass
@@ -38,7 +39,12 @@ def checkpoint_data(meta: dict, *, profile_images: int = 3000, train_images: int
 
   Zero for a count means all available images. ``data_dir`` overrides the stored one.
   """
+  validate_meta(meta, "checkpoint", require=("dataset", "input_shape", "num_classes", "mean",
+                                             "std", "n_val"))
   cfg = meta.get("config", {})
+  for s in (cfg.get("seed", 0), meta.get("seed", 0)):
+    if isinstance(s, bool) or not isinstance(s, int) or s < 0:
+      raise ValueError(f"checkpoint metadata: seed must be an integer >= 0, got {s!r}")
   ds = data_lib.load_dataset(meta["dataset"], data_dir=data_dir or meta.get("data_dir"),
                              seed=cfg.get("seed", meta.get("seed", 0)))
   if tuple(ds.input_shape) != tuple(meta["input_shape"]) or ds.num_classes != meta["num_classes"]:

@@ -6,12 +6,19 @@ Progress survives interruption: the full train state is saved with orbax every e
 the same final weights as an uninterrupted run (shuffling and augmentation are derived from
 ``(seed, epoch, step)``). The best epoch by validation accuracy is exported as a model checkpoint
 (``workdir/model``: ``variables/`` + ``meta.json``); metrics go to ``workdir/metrics.jsonl``.
+
+A run resumes only from what it was started from: ``config.json`` (the configuration) and
+``provenance.json`` (a digest of the dataset's arrays) must match; run directories of
+proact-jax 0.1 have no ``provenance.json`` and resume on a configuration match. The directory is
+locked (``flock``) while a run lasts, and the run only ever writes its own files (config.json,
+provenance.json, metrics.jsonl, state/, best/, model/).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from typing import Any
@@ -25,6 +32,7 @@ from flax.training import train_state
 from tqdm.auto import tqdm
 
 from proact_jax.core.evaluate import evaluate, make_eval_set
+from proact_jax.core.files import foreign_entries, lock, tree_digest, unlock, write_bytes_atomic
 from proact_jax.data import pipeline
 from proact_jax.data import sources as data_lib
 from proact_jax.models import create_model
@@ -49,6 +57,9 @@ class TrainConfig:
   n_val: int = 0            # validation images held out of train for "best" (0: 10 %, <= 5000)
   train_subset: int = 0     # use only this many training images (0: all)
   seed: int = 0
+
+
+PROVENANCE = "provenance.json"  # {"data": digest of the dataset a run was started on}
 
 
 class TrainState(train_state.TrainState):
@@ -117,17 +128,80 @@ def prepare_data(config: TrainConfig):
 
 
 def _check_config(config: TrainConfig):
-  if config.epochs < 1:
-    raise ValueError(f"epochs must be >= 1, got {config.epochs}")
-  if config.batch_size < 1:
-    raise ValueError(f"batch size must be >= 1, got {config.batch_size}")
-  if config.learning_rate <= 0:
-    raise ValueError(f"learning rate must be > 0, got {config.learning_rate}")
+  def number(name, v, lo, lo_open=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (
+        v <= lo if lo_open else v < lo):
+      raise ValueError(f"{name} must be a finite number {'>' if lo_open else '>='} {lo}, "
+                       f"got {v!r}")
+
+  for name, lo in (("epochs", 1), ("batch_size", 1), ("train_subset", 0), ("n_val", 0),
+                   ("seed", 0)):
+    v = getattr(config, name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+      raise ValueError(f"{name.replace('_', ' ')} must be an integer >= {lo}, got {v!r}")
+  number("learning rate", config.learning_rate, 0.0, lo_open=True)
+  number("weight decay", config.weight_decay, 0.0)
+  number("warm-up epochs", config.warmup_epochs, 0.0)
+  number("momentum", config.momentum, 0.0)
+
+
+def _check_workdir(workdir: str) -> None:
+  """A run directory may be new, empty, or a run (config.json) whose ``best/`` and ``model/``
+  hold only checkpoints: nothing the program did not write is ever replaced."""
+  if not os.path.lexists(workdir):
+    return
+  if not os.path.isdir(workdir):
+    raise ValueError(f"{workdir} exists and is not a directory")
+  if not os.path.isfile(os.path.join(workdir, "config.json")):
+    if os.path.isfile(os.path.join(workdir, ckpt.META)):
+      raise ValueError(f"{workdir} is a model checkpoint, not a training run directory; pass a "
+                       "new directory (the run writes its checkpoint to DIR/model)")
+    foreign = foreign_entries(workdir)
+    if foreign:
+      raise ValueError(f"{workdir} is not empty and holds no training run ({', '.join(foreign[:3])}"
+                       "); pass a new or empty directory")
+    return
+  for sub in ("best", "model"):
+    d = os.path.join(workdir, sub)
+    if os.path.lexists(d) and not ckpt.is_checkpoint(d):
+      raise ValueError(f"{d} holds files that are not a proact checkpoint; the run would "
+                       "replace it: move them away or use another --out")
+
+
+def _check_resumable(workdir: str, cfg: dict, data_digest: str) -> None:
+  """Refuses a run directory started with another configuration or other data."""
+  cfg_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(cfg_path):
+    return
+  try:
+    with open(cfg_path) as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{cfg_path} is damaged ({e}); use another --out") from None
+  if not isinstance(old, dict) or old != json.loads(json.dumps(cfg)):
+    diff = sorted(k for k in cfg if not isinstance(old, dict) or old.get(k) != cfg[k])
+    raise ValueError(f"{workdir} holds a run with a different configuration ({', '.join(diff)});"
+                     " use another --out or the same settings to resume")
+  prov_path = os.path.join(workdir, PROVENANCE)
+  if os.path.exists(prov_path):  # absent in runs started by proact-jax 0.1: config match only
+    try:
+      with open(prov_path) as f:
+        recorded = json.load(f).get("data")
+    except (OSError, ValueError, AttributeError) as e:
+      raise ValueError(f"{prov_path} is damaged ({e}); use another --out") from None
+    if recorded != data_digest:
+      raise ValueError(f"{workdir} holds a run started on other data (the dataset's content "
+                       "differs from the one it was started with); use another --out")
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str, progress: bool = True,
                        stop_after: int | None = None) -> dict | None:
   """Trains, checkpoints every epoch, resumes from ``workdir`` if a run was interrupted.
+
+  ``workdir`` must be new, empty, or a run of the same configuration on the same data
+  (``provenance.json`` records a digest of the dataset); it is locked while the run lasts. A
+  non-finite training loss stops the run with a ValueError before anything of that epoch is
+  written, so the last good state is kept.
 
   Args:
     stop_after: stop (as if interrupted) after this many epochs of this call; None returned.
@@ -137,20 +211,30 @@ def train_and_evaluate(config: TrainConfig, workdir: str, progress: bool = True,
   """
   _check_config(config)
   workdir = os.path.abspath(workdir)
+  _check_workdir(workdir)
   ds, (mean, std), (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = prepare_data(config)
   model = create_model(config.model, ds.num_classes)
+  data_digest = tree_digest({"x_train": ds.x_train, "y_train": ds.y_train, "x_test": ds.x_test,
+                             "y_test": ds.y_test, "classes": np.asarray(ds.class_names)})
   os.makedirs(workdir, exist_ok=True)
-  cfg_path = os.path.join(workdir, "config.json")
+  held = lock(workdir)
+  try:
+    return _train(config, workdir, progress, stop_after, ds, mean, std, x_tr, y_tr, x_val, y_val,
+                  x_te, y_te, model, data_digest)
+  finally:
+    unlock(held)
+
+
+def _train(config, workdir, progress, stop_after, ds, mean, std, x_tr, y_tr, x_val, y_val, x_te,
+           y_te, model, data_digest):
   cfg = dataclasses.asdict(config)
-  if os.path.exists(cfg_path):
-    with open(cfg_path) as f:
-      old = json.load(f)
-    if old != json.loads(json.dumps(cfg)):
-      diff = sorted(k for k in cfg if old.get(k) != cfg[k])
-      raise ValueError(f"{workdir} holds a run with a different configuration ({', '.join(diff)});"
-                       " use another --out or the same settings to resume")
-  else:
+  _check_workdir(workdir)  # again, under the lock
+  _check_resumable(workdir, cfg, data_digest)
+  cfg_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(cfg_path):
     ckpt.write_json_atomic(cfg_path, cfg)
+  if not os.path.exists(os.path.join(workdir, PROVENANCE)):
+    ckpt.write_json_atomic(os.path.join(workdir, PROVENANCE), {"data": data_digest})
 
   steps = pipeline.num_batches(len(x_tr), config.batch_size, drop_remainder=True)
   if steps == 0:
@@ -172,7 +256,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str, progress: bool = True,
           {"state": state, "best": {"val_accuracy": 0.0, "epoch": 0}}))
       state, best = restored["state"], jax.tree_util.tree_map(float, restored["best"])
       start_epoch = latest + 1
-      _truncate_metrics(metrics_path, start_epoch)
+    _truncate_metrics(metrics_path, start_epoch)  # rows of epochs not checkpointed before a crash
+    if latest is not None:
       if progress:
         print(f"resuming from epoch {start_epoch} of {config.epochs} in {workdir}")
     t0 = time.time()
@@ -193,8 +278,14 @@ def train_and_evaluate(config: TrainConfig, workdir: str, progress: bool = True,
         accs.append(acc)
         if i % 20 == 0:
           bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{float(acc):.3f}")
+      train_loss = float(np.mean(losses))
+      if not math.isfinite(train_loss) or not _finite(state.params):
+        kept = (f"the last good state (epoch {epoch}) is kept in {workdir}" if epoch else
+                "nothing was checkpointed")
+        raise ValueError(f"training stopped in epoch {epoch + 1}: the loss ({train_loss}) or the "
+                         f"weights are not finite; {kept}; lower --lr or add --warmup-epochs")
       val_acc, val_loss = evaluate(model, _variables(state), val_set)
-      row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+      row = {"epoch": epoch, "train_loss": train_loss,
              "train_accuracy": float(np.mean(accs)), "val_accuracy": val_acc,
              "val_loss": val_loss, "wall_time": time.time() - t0,
              "epoch_time": time.time() - t_epoch}
@@ -204,8 +295,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str, progress: bool = True,
                              {"epoch": epoch, "val_accuracy": val_acc}, overwrite=True)
       with open(metrics_path, "a") as f:
         f.write(json.dumps(row) + "\n")
-      mngr.save(epoch, args=ocp.args.StandardSave({"state": state, "best": best}))
-      mngr.wait_until_finished()
+        f.flush()
+        os.fsync(f.fileno())
+      ckpt.check_room(os.path.join(workdir, "state"), (state.params, state.opt_state,
+                                                      state.batch_stats))
+      with ckpt.orbax_errors(os.path.join(workdir, "state")):
+        mngr.save(epoch, args=ocp.args.StandardSave({"state": state, "best": best}))
+        mngr.wait_until_finished()
       if progress:
         print(f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f} "
               f"train acc {row['train_accuracy']:.4f} val acc {val_acc:.4f}")
@@ -223,14 +319,25 @@ def train_and_evaluate(config: TrainConfig, workdir: str, progress: bool = True,
   return meta
 
 
+def _finite(tree) -> bool:
+  return all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(tree))
+
+
 def _truncate_metrics(path: str, n_epochs: int):
-  """Drops metric rows of epochs that were logged but not checkpointed before a crash."""
+  """Drops metric rows of epochs that were logged but not checkpointed before a crash (and a
+  torn last line)."""
   if not os.path.exists(path):
     return
-  with open(path) as f:
-    rows = [json.loads(l) for l in f if l.strip()]
-  rows = [r for r in rows if r["epoch"] < n_epochs]
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
-  os.replace(tmp, path)
+  with open(path, "rb") as f:
+    data = f.read()
+  rows = []
+  for line in data[:data.rfind(b"\n") + 1].decode(errors="replace").splitlines():
+    try:
+      row = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] < n_epochs:
+      rows.append(row)
+  text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+  if text != data:
+    write_bytes_atomic(path, text)
