@@ -34,6 +34,7 @@ from proact_jax.faults.injection import (FaultSpace, flip_bits, flip_n, stuck_at
                                          toolbox_floor_flips)
 from proact_jax.models import MODELS, create_model, register_model
 from proact_jax.transform.clip import ClippedFunction, clip_activations
+from proact_jax.transform.network import Network, function_network
 from proact_jax.training.checkpoint import load_checkpoint, save_checkpoint
 from proact_jax.version import __version__
 
@@ -47,5 +48,5 @@ __all__ = [
     "quantize_tree", "register_model", "relu", "save_checkpoint", "set_site", "site_mask",
     "site_names", "site_optimizer", "site_order", "smooth_clip", "split", "split_train_val",
     "stuck_at", "subset", "thresholds_from_profile", "toolbox_floor_flips",
-    "ClippedFunction", "clip_activations",
+    "ClippedFunction", "clip_activations", "Network", "function_network",
 ]

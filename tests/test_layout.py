@@ -33,7 +33,8 @@ PUBLIC = set("""
     memory_overhead merge normalize predict profile_max quantize_tree register_model relu
     save_checkpoint set_site site_mask site_names site_optimizer site_order smooth_clip split
     split_train_val stuck_at subset thresholds_from_profile toolbox_floor_flips
-""".split()) | {"ClippedFunction", "clip_activations"}  # added in 0.2 (issue 13)
+""".split()) | {"ClippedFunction", "clip_activations",  # added in 0.2 (issue 13)
+               "Network", "function_network"}
 
 # The 0.1 flat module paths, removed in 0.2 (no alias modules).
 OLD_MODULES = ("activation_faults", "activation_stats", "activations", "campaign", "checkpoint",

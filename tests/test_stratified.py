@@ -230,6 +230,28 @@ def test_sequential_mode_targets_means_and_differences(digits):
   assert [r["n"] for r in tight.summary_rows()] == [48] * 4  # never met: runs to max_trials
 
 
+def test_a_network_gets_the_flax_models_trials(digits):
+  """A stratified campaign takes any network: the relu model wrapped as a function (same leaf
+  paths, hence the same critical set and keys) gives exactly the Flax model's trials, paired
+  with the Flax Ranger variant; activation faults are refused."""
+  import proact_jax as pj
+  from proact_jax.faults import injection as faults
+  variants, data, cs = digits
+  base, v = variants["relu"]
+  net, nv = pj.function_network(lambda p, x: base.apply({"params": p}, x), v["params"])
+  run = lambda vs, **kw: stratified.run_stratified_campaign(  # noqa: E731
+      jax.random.PRNGKey(1), vs, data, BERS, 400, critical_set=cs, pilot=4, ci_target=40.0,
+      **KW, **kw)
+  want, got = run(variants), run({**variants, "relu": (net, nv)})
+  for name in variants:
+    for b in range(2):
+      for f in ("stratum", "trial", "accuracy", "n_flips", "n_flips_critical"):
+        np.testing.assert_array_equal(got.trials[name][b][f], want.trials[name][b][f], f)
+  assert got.format_table() == want.format_table()
+  with pytest.raises(ValueError, match="activation faults are not supported"):
+    run(variants, space=faults.FaultSpace(collections=("params", "activations")))
+
+
 def test_cli_vulnerability_map_then_stratified_sweep(digits, tmp_path, capsys):
   import json
   import os

@@ -82,6 +82,11 @@ def test_sweep_images_per_trial(ckpts, capsys, tmp_path):
     (["--checkpoint", "/nonexistent/ckpt"], "does not exist"),
     (["--checkpoint", "OTHER"], "params differ"),
     (["--out", "EXISTING"], "different configuration"),
+    (["--activation-faults", "--fault-rule", "toolbox-floor"],
+     "--activation-faults injects Bernoulli flips in a plain campaign"),
+    (["--activation-faults", "--stratify", "2", "--critical", "Conv_0:16:32"],
+     "does not combine with --stratify"),
+    (["--no-weight-faults", "--no-thresholds-faults"], "nothing to inject"),
 ])
 def test_bad_inputs_exit_2_with_one_line(ckpts, capsys, args, msg):
   out = ckpts["existing"]
@@ -98,3 +103,44 @@ def test_bad_inputs_exit_2_with_one_line(ckpts, capsys, args, msg):
   assert len(lines) == 1 and msg in lines[0], cap.err
   assert open(out).read() == before
   assert sorted(os.listdir(ckpts["root"])) == ["base", "existing.jsonl", "other"]
+
+
+@pytest.fixture(scope="module")
+def ranger_ckpt(ckpts, tmp_path_factory):
+  """A Ranger-style checkpoint of the base model: its params and layer-wise thresholds."""
+  v = ckpt.load_checkpoint(ckpts["base"])[1]
+  thr = {f"act{i}": {"lam": jnp.float32(0.5 + 0.5 * i)} for i in range(3)}
+  return ckpt.save_checkpoint(str(tmp_path_factory.mktemp("act") / "ranger"),
+                              {**v, "thresholds": thr},
+                              {**META, "kind": "zero", "method": "ranger"})
+
+
+def test_sweep_activation_faults(ckpts, ranger_ckpt, capsys, tmp_path):
+  """--activation-faults: the results file records the activation fault space and bits, both
+  variants get the same activation flips in every trial, their number follows the binomial,
+  and the same command gives the same file byte for byte."""
+  ber, trials, images = 1e-3, 4, 20
+  argv = ["--checkpoint", ckpts["base"], "--checkpoint", ranger_ckpt, "--bers", str(ber),
+          "--trials", str(trials), "--images", str(images), "--activation-faults",
+          "--no-weight-faults", "--no-thresholds-faults", "--quiet"]
+  outs = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+  for out in outs:
+    rc, cap = _run(capsys, *argv, "--out", out)
+    assert rc == 0, cap.err
+  assert "| ranger | 1e-03 | 4 |" in cap.out
+  assert open(outs[0], "rb").read() == open(outs[1], "rb").read()
+  rows = [json.loads(line) for line in open(outs[0])]
+  config = rows[0]["config"]
+  assert config["space"]["collections"] == ["activations"]
+  bits = 32 * (8 * 8 * 16 + 8 * 8 * 32 + 64)  # small_cnn's sites act0, act1, act2 in Q15.16
+  assert config["activation_faults"]["bits_per_image"] == {"relu": bits, "ranger": bits}
+  trial = {(r["variant"], r["trial"]): r for r in rows if r["type"] == "trial"}
+  assert len(trial) == 2 * trials
+  for t in range(trials):
+    relu, ranger = trial[("relu", t)], trial[("ranger", t)]
+    assert relu["n_flips_activations"] == ranger["n_flips_activations"] == relu["n_flips"]
+    assert relu["n_flips_weights"] == relu["n_flips_thresholds"] == 0
+  # flips of all trials ~ Binomial(trials x images x bits, BER): within 5 standard deviations
+  n = trials * images * bits
+  total = sum(trial[("relu", t)]["n_flips_activations"] for t in range(trials))
+  assert abs(total - n * ber) < 5 * (n * ber * (1 - ber)) ** 0.5, (total, n * ber)

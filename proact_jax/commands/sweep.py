@@ -1,13 +1,18 @@
 """proact sweep --checkpoint DIR [--checkpoint DIR2 ...] --bers 1e-7,...,3e-5 --trials N
 [--format F] [--images N] [--images-per-trial M] [--ci-target PP] [--max-trials N]
-[--layer NAME] [--bits LO:HI] [--no-thresholds-faults] [--fault-rule bernoulli|toolbox-floor]
-[--stop-pairwise] [--seed S] [--trial-batch B]
-[--mode auto|map|vmap] [--stratify K_MAX (--critical LAYER:LO:HI | --critical-map FILE
-[--critical-threshold PP]) [--pilot N] [--ci-pairs]] --out FILE
+[--layer NAME] [--bits LO:HI] [--no-thresholds-faults] [--activation-faults]
+[--no-weight-faults] [--fault-rule bernoulli|toolbox-floor] [--stop-pairwise] [--seed S]
+[--trial-batch B] [--mode auto|map|vmap] [--stratify K_MAX (--critical LAYER:LO:HI |
+--critical-map FILE [--critical-threshold PP]) [--pilot N] [--ci-pairs]] --out FILE
 
 Several checkpoints are compared paired (same trial keys); they must share the baseline's params.
 ``--images N`` fixes the evaluation set (N test images); ``--images-per-trial M``
 evaluates each trial on a fresh random subset of M of those images (the same for every variant).
+``--activation-faults`` adds transient bit flips in the activations (the PyTorchFI "neuron"
+model, :mod:`proact_jax.faults.neuron_faults`): every stored bit of every activation site's output
+flips with probability BER, independently for each evaluated image; with ``--no-weight-faults
+--no-thresholds-faults`` only the activations are hit. They are Bernoulli flips in a plain
+campaign: ``--fault-rule toolbox-floor`` and ``--stratify`` refuse them.
 ``--stratify K_MAX`` stratifies the trials on the number of flips in a critical set of (layer,
 bit) sites (``proact_jax.faults.strata``: exact weights, Neyman allocation, stratified CIs).
 """
@@ -44,6 +49,11 @@ def add_arguments(p):
   p.add_argument("--bits", default=None, help="only bits LO:HI (LO inclusive, HI exclusive)")
   p.add_argument("--no-thresholds-faults", action="store_true",
                  help="do not inject faults into the thresholds")
+  p.add_argument("--activation-faults", action="store_true",
+                 help="also flip bits of the activations at every site, per image (PyTorchFI "
+                      "neuron faults), paired across checkpoints; Bernoulli rule, no --stratify")
+  p.add_argument("--no-weight-faults", action="store_true",
+                 help="do not inject faults into the weights (params)")
   p.add_argument("--fault-rule", default="bernoulli", choices=["bernoulli", "toolbox-floor"],
                  help="bernoulli: every stored bit flips independently with prob. BER "
                       "(default); toolbox-floor: the authors' toolbox, exactly "
@@ -99,7 +109,15 @@ def run(args) -> int:
   _check_stratify(args)
   fmt = get_format(args.format)
   lo, hi = parse_bits(args.bits)
-  cols = ("params",) if args.no_thresholds_faults else ("params", "thresholds")
+  cols = tuple(c for c, off in (("params", args.no_weight_faults),
+                                 ("thresholds", args.no_thresholds_faults),
+                                 ("activations", not args.activation_faults)) if not off)
+  if not cols:
+    raise ValueError("nothing to inject: --no-weight-faults and --no-thresholds-faults need "
+                     "--activation-faults")
+  if args.activation_faults and (args.stratify is not None or args.fault_rule != "bernoulli"):
+    raise ValueError("--activation-faults injects Bernoulli flips in a plain campaign: it does "
+                     "not combine with --stratify or --fault-rule toolbox-floor")
   space = faults.FaultSpace(collections=cols, layer=args.layer, bit_lo=lo, bit_hi=hi)
   space.bit_range(fmt)
   out = os.path.abspath(args.out)
@@ -133,7 +151,8 @@ def run(args) -> int:
         raise ValueError("paired checkpoints must use the same dataset and normalisation")
   plans = [campaign.make_plan(v, fmt, space, max(bers), require_match=False)
            for _, v in variants.values()]  # validates --layer and --bits before any write
-  if args.layer is not None and all(p.weights is None and p.thresholds is None for p in plans):
+  if (args.layer is not None and not args.activation_faults  # activation sites: run_campaign
+      and all(p.weights is None and p.thresholds is None for p in plans)):
     faults.fault_leaves(next(iter(variants.values()))[1], space)  # raises, listing the layers
 
   data = checkpoint_data(metas[0], test_images=args.images, data_dir=args.data_dir)

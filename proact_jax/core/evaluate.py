@@ -11,6 +11,7 @@ import functools
 from typing import Callable, NamedTuple
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,7 +94,8 @@ def _evaluate_jit(apply_fn, variables, data):
 
 def evaluate(model, variables, x: np.ndarray | EvalSet, y: np.ndarray | None = None,
              batch_size: int = 256) -> tuple[float, float]:
-  """(accuracy, loss) of a Flax model in eval mode on normalised images ``x`` with labels ``y``."""
+  """(accuracy, loss) of a Flax model (or a Network) in eval mode on normalised images ``x``
+  with labels ``y``."""
   data = x if isinstance(x, EvalSet) else make_eval_set(x, y, batch_size)
   acc, loss = _evaluate_jit(eval_apply(model), dict(variables), data)
   return float(acc), float(loss)
@@ -101,7 +103,14 @@ def evaluate(model, variables, x: np.ndarray | EvalSet, y: np.ndarray | None = N
 
 @functools.lru_cache(maxsize=64)
 def eval_apply(model) -> Callable:
-  """A hashable ``f(variables, x) -> logits`` for eval mode (cached so jit caches hit)."""
+  """A hashable ``f(variables, x) -> logits`` for eval mode (cached so jit caches hit).
+
+  ``model``: a linen module (called with ``train=False``) or any network with
+  ``apply(variables, x)`` (:class:`proact_jax.transform.network.Network`).
+  """
+  if not isinstance(model, nn.Module):
+    return model.apply
+
   def f(variables, x):
     return model.apply(variables, x, train=False)
   return f

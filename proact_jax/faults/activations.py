@@ -14,6 +14,7 @@ import dataclasses
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,6 +25,7 @@ from proact_jax.core.activations import ClippedAct
 from proact_jax.faults import injection as faults
 from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat
 from proact_jax.faults.trial import check_bers, corrupt, make_plan
+from proact_jax.transform import network
 
 
 def _site_name(path: tuple) -> str:
@@ -31,7 +33,10 @@ def _site_name(path: tuple) -> str:
 
 
 def _capture(model, variables, x: jax.Array) -> dict[str, jax.Array]:
-  """Outputs of every :class:`ClippedAct` (site name -> activation)."""
+  """Outputs of every activation site (site name -> activation): of every :class:`ClippedAct`
+  of a linen module, else of every site of a network (:func:`network.capture`)."""
+  if not isinstance(model, nn.Module):
+    return network.capture(model, variables, x)
   _, state = model.apply(variables, x, train=False, mutable=["intermediates"],
                          capture_intermediates=lambda mdl, _: isinstance(mdl, ClippedAct))
   flat = traverse_util.flatten_dict(unfreeze(state["intermediates"]))
@@ -60,7 +65,8 @@ def activation_distance(key: chex.PRNGKey, model, variables, x, ber: float, *,
                         trials: int = 10) -> dict[str, float]:
   """Mean over trials and images of ``||a_faulty - a_clean||^2`` at each activation site.
 
-  ``a`` is a site's output for one image (the outputs of every ``ClippedAct``); clean = the
+  ``a`` is a site's output for one image (the outputs of every ``ClippedAct``, or of every site
+  of a network from :func:`proact_jax.function_network`); clean = the
   quantised, unflipped variables. Trial ``t`` uses the same corruption as trial ``t`` of BER
   index 0 of a campaign with key ``key`` and this single BER. Non-finite differences (float
   formats) propagate as inf/nan. ``x``: a modest batch of images (one forward pass each).

@@ -9,6 +9,15 @@ and the thresholds with ``fold_in(trial_key, 1)``, in two ``flip_bits`` calls: v
 share a baseline's params but differ in thresholds (relu, Ranger, FT-ClipAct, FitAct, ProAct)
 receive identical weight faults in trial ``t``, so their accuracies can be compared paired.
 
+Activation faults (``"activations"`` in ``space.collections``): transient flips in every
+site's output while each image is evaluated (:mod:`proact_jax.faults.neuron_faults`), keyed by
+``fold_in(trial_key, 5)``; rows then carry ``n_flips_activations`` (also counted in ``n_flips``)
+and the configuration an ``activation_faults`` entry. They depend only on the trial key, so
+they compose with the carried tree and every batching; they follow the Bernoulli rule only
+(``fault_rule="toolbox-floor"`` with them is refused). Variants are any model
+:func:`proact_jax.transform.network.as_network` accepts (linen modules with an ``act`` field,
+networks from :func:`proact_jax.function_network`).
+
 Image subsets (``images_per_trial=m``): by default every trial is evaluated on all ``n`` images
 of the eval set. With ``m`` set, trial ``t`` evaluates ``m`` distinct images drawn uniformly
 without replacement from the ``n`` valid images with ``fold_in(trial_key, 2)``
@@ -53,9 +62,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from proact_jax.core.evaluate import EvalSet, accuracy_and_loss, eval_apply, evaluate, take_images
+from proact_jax.core.evaluate import EvalSet, evaluate, take_images
 from proact_jax.faults import carry, stats
 from proact_jax.faults import injection as faults
+from proact_jax.faults import neuron_faults
 from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
 from proact_jax.faults.results import (CampaignResult, ResultsStore, fingerprint, load_results,
                                        result_from_store)
@@ -83,13 +93,15 @@ def _batched(one: Callable, idx: jax.Array, mode: str, trial_batch: int | None):
 
 @functools.lru_cache(maxsize=64)
 def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: int,
-            images_per_trial: tuple[int, int] | None = None, carried: bool = False):
-  """jit(f)((clean, aux), data, key, ber_index, ber, idx) -> (acc, loss, n_w, n_t, ok), each
-  [len(idx)]; ``(clean, aux) = faults.quantize_with_aux(...)``. ``images_per_trial``:
+            images_per_trial: tuple[int, int] | None = None, carried: bool = False,
+            act_plan: neuron_faults.ActivationPlan | None = None):
+  """jit(f)((clean, aux), data, key, ber_index, ber, idx) -> (acc, loss, n_w, n_t, n_a, ok),
+  each [len(idx)]; ``(clean, aux) = faults.quantize_with_aux(...)``. ``images_per_trial``:
   ``(n, m)``, evaluate each trial on ``m`` of the ``n`` images (None: all of them).
   ``carried``: one carried tree (:mod:`carry`; ``ok`` False marks trials to rerun), else a
-  fresh copy per trial (``ok`` always True)."""
-  apply_fn = eval_apply(model)
+  fresh copy per trial (``ok`` always True). ``act_plan``: activation faults keyed by
+  ``fold_in(trial_key, 5)`` (None: none; ``n_a`` is 0)."""
+  evaluate_trial = neuron_faults.trial_evaluator(model, act_plan)
 
   def copying(clean, data, key, ber_index, ber, idx):
     bkey = jax.random.fold_in(key, ber_index)
@@ -97,16 +109,16 @@ def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: i
     def one(t):
       tkey = jax.random.fold_in(bkey, t)
       v, nw, nt = corrupt(tkey, clean[0], ber, plan, prequantized=True, aux=clean[1])
-      if images_per_trial is None:
-        acc, loss = accuracy_and_loss(apply_fn, v, data)
-      else:
+      images = data
+      if images_per_trial is not None:
         pick = trial_image_indices(jax.random.fold_in(tkey, 2), *images_per_trial)
-        acc, loss = accuracy_and_loss(apply_fn, v, take_images(data, pick))
-      return acc, loss, nw, nt, jnp.bool_(True)
+        images = take_images(data, pick)
+      acc, loss, na = evaluate_trial(v, images, tkey, ber)
+      return acc, loss, nw, nt, na, jnp.bool_(True)
 
     return _batched(one, idx, mode, trial_batch)
 
-  local = carry.campaign_trials(apply_fn, plan, images_per_trial) if carried else copying
+  local = carry.campaign_trials(evaluate_trial, plan, images_per_trial) if carried else copying
   if n_dev == 1:
     return jax.jit(local)
   mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("trials",))
@@ -118,12 +130,14 @@ def _runner(model, plan: FaultPlan, mode: str, trial_batch: int | None, n_dev: i
 def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: float,
                 trials: Sequence[int], mode: str, trial_batch: int | None,
                 size: int | None = None, images_per_trial: int | None = None,
-                carried: bool | None = None) -> tuple[np.ndarray, ...]:
+                carried: bool | None = None,
+                act_plan: neuron_faults.ActivationPlan | None = None) -> tuple[np.ndarray, ...]:
   """Runs the given trial indices (padded to ``size`` and to a multiple of the device count).
 
   ``carried`` (default: in map mode without ``trial_batch``) carries one corrupted tree through
   the trials (:mod:`carry`) and reruns the rare trials it flags on the copying path; the
-  numbers are the same either way.
+  numbers are the same either way. ``act_plan``: activation faults
+  (:func:`neuron_faults.activation_plan`). Returns ``(acc, loss, n_w, n_t, n_a)`` per trial.
 
   ``clean``: ``faults.quantize_with_aux(variables, plan.fmt, space)``. ``images_per_trial``:
   evaluate each trial on that many random images of ``data`` (None: all of them); the callers
@@ -139,7 +153,7 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
   if carried is None:  # the carried tree implements the Bernoulli sampler only
     carried = (mode == "map" and not (trial_batch and trial_batch > 1)
                and plan.rule == "bernoulli")
-  f = _runner(model, plan, mode, trial_batch, n_dev, images, carried)
+  f = _runner(model, plan, mode, trial_batch, n_dev, images, carried, act_plan)
   if n_dev > 1:
     mesh = Mesh(np.asarray(jax.devices()), ("trials",))
     idx = jax.make_array_from_callback(idx.shape, NamedSharding(mesh, P("trials")),
@@ -148,18 +162,18 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     out = multihost_utils.process_allgather(out, tiled=True)
-  acc, loss, nw, nt, ok = (np.asarray(o)[:len(trials)] for o in out)
+  acc, loss, nw, nt, na, ok = (np.asarray(o)[:len(trials)] for o in out)
   # exact count / n in float64: float32 division may differ in the last bit across batchings
   n_eval = int(data.n) if m is None else m
   acc = np.rint(acc.astype(np.float64) * n_eval) / n_eval
   if not ok.all():  # carried trials short of sparse candidates: rerun on the copying path
     redo = np.flatnonzero(~ok)
     again = _run_trials(model, plan, clean, data, key, ber_index, ber, trials[redo], "map", 1,
-                        len(redo), m, carried=False)
-    acc, loss, nw, nt = (o.copy() for o in (acc, loss, nw, nt))
-    for o, a in zip((acc, loss, nw, nt), again):
+                        len(redo), m, carried=False, act_plan=act_plan)
+    acc, loss, nw, nt, na = (o.copy() for o in (acc, loss, nw, nt, na))
+    for o, a in zip((acc, loss, nw, nt, na), again):
       o[redo] = a
-  return acc, loss, nw, nt
+  return acc, loss, nw, nt, na
 
 
 def accuracy_under_faults(key: chex.PRNGKey, model, variables, eval_set: EvalSet, bers, trials,
@@ -177,12 +191,13 @@ def accuracy_under_faults(key: chex.PRNGKey, model, variables, eval_set: EvalSet
     raise ValueError(f"trials must be >= 1, got {trials}")
   images_per_trial = check_images_per_trial(images_per_trial, int(eval_set.n))
   mode = _resolve_mode(mode)
-  plan = make_plan(variables, fmt, space, max(bers))
+  act_plan = neuron_faults.activation_plan(space, fmt, max(bers))
+  plan = make_plan(variables, fmt, space, max(bers), require_match=act_plan is None)
   clean = faults.quantize_with_aux(variables, plan.fmt, space or faults.FaultSpace())
   out = np.zeros((len(bers), int(trials)))
   for i, ber in enumerate(bers):
     out[i] = _run_trials(model, plan, clean, eval_set, key, i, ber, range(int(trials)), mode,
-                         trial_batch, images_per_trial=images_per_trial)[0]
+                         trial_batch, images_per_trial=images_per_trial, act_plan=act_plan)[0]
   return out
 
 
@@ -228,7 +243,8 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
       when set. The clean accuracy is always measured on the whole eval set.
     fault_rule: ``"bernoulli"`` (default) or ``"toolbox-floor"``: exactly
       ``floor(n_leaf * bits * BER)`` flips in every leaf (kernels, biases, threshold tensors;
-      see :func:`trial.make_plan`). Recorded in the configuration when not Bernoulli.
+      see :func:`trial.make_plan`). Recorded in the configuration when not Bernoulli; activation
+      faults (``"activations"`` in ``space.collections``) need ``"bernoulli"``.
     stop_pairwise: sequential mode: stop a BER only when every pairwise difference between
       the non-reference variants either excludes 0 after Holm's correction (over the pairs at
       that BER) or has a half-width <= ``ci_target`` (:func:`stats.pairwise_should_stop`),
@@ -258,8 +274,14 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
     raise ValueError(f"reference variant {reference!r} is not one of {', '.join(names)}")
   plans = {n: make_plan(v, fmt, space, max(bers), require_match=False, rule=fault_rule,
                        bers=tuple(bers)) for n, (_, v) in variants.items()}
+  act_plan = neuron_faults.activation_plan(space, fmt, max(bers))
+  if act_plan is not None and fault_rule != "bernoulli":
+    raise ValueError(f"activation faults follow the Bernoulli rule only; fault rule "
+                     f"{fault_rule!r} cannot be combined with them")
+  act_bits = {n: neuron_faults.activation_bits(m, v, tuple(eval_set.x.shape[2:]), act_plan)
+              for n, (m, v) in variants.items()} if act_plan else {}
   if space.layer is not None and all(p.weights is None and p.thresholds is None
-                                     for p in plans.values()):
+                                     for p in plans.values()) and not any(act_bits.values()):
     faults.fault_leaves(variants[names[0]][1], space)  # raises with the layer names
   max_trials = int(max_trials or trials)
   sequential = ci_target is not None
@@ -282,6 +304,11 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
       "eval_set": {"n": int(eval_set.n), "hash": eval_set_hash(eval_set)},
       "extra": config_extra or {},
   }
+  if act_plan is not None:  # only when set: files without activation faults keep their config
+    config["activation_faults"] = {
+        "key": "fold_in(trial_key, 5); site evaluation j (forward order), image position p: "
+               "fold_in(fold_in(k, j), p)",
+        "bits_per_image": act_bits}
   if fault_rule != "bernoulli":  # only when set: Bernoulli results files keep their config
     config["fault_rule"] = fault_rule
   if images_per_trial is not None:  # only when set: full-set results files keep their config
@@ -319,14 +346,16 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
             bar.update(n_k - len(missing) - min(n_k, n_done))
           for s in range(0, len(missing), chunk):
             part = missing[s:s + chunk]
-            acc, loss, nw, nt = _run_trials(model, plans[name], clean[name], eval_set, key, b,
-                                            ber, part, mode, trial_batch, size=chunk,
-                                            images_per_trial=images_per_trial)
+            acc, loss, nw, nt, na = _run_trials(model, plans[name], clean[name], eval_set, key,
+                                                b, ber, part, mode, trial_batch, size=chunk,
+                                                images_per_trial=images_per_trial,
+                                                act_plan=act_plan)
             store.add_trials(
                 {"type": "trial", "variant": name, "ber_index": b, "ber": ber, "trial": int(t),
-                 "accuracy": float(a), "loss": float(lo), "n_flips": int(w) + int(h),
-                 "n_flips_weights": int(w), "n_flips_thresholds": int(h)}
-                for t, a, lo, w, h in zip(part, acc, loss, nw, nt))
+                 "accuracy": float(a), "loss": float(lo), "n_flips": int(w) + int(h) + int(f),
+                 "n_flips_weights": int(w), "n_flips_thresholds": int(h),
+                 **({"n_flips_activations": int(f)} if act_plan else {})}
+                for t, a, lo, w, h, f in zip(part, acc, loss, nw, nt, na))
             if bar is not None:
               bar.update(len(part))
             if on_chunk is not None:

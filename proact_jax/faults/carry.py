@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from proact_jax.core.evaluate import accuracy_and_loss, take_images
+from proact_jax.core.evaluate import take_images
 from proact_jax.faults import injection as faults
 from proact_jax.faults.critical import leaf_updates
 from proact_jax.faults.sampling import _sparse_masks, _sparse_pick, sample_count
@@ -89,11 +89,13 @@ def carried_scan(flat: dict, paths: list, leaves: list, updates_fn: Callable,
   return out
 
 
-def campaign_trials(model_apply: Callable, plan, images: tuple | None):
+def campaign_trials(evaluate_trial: Callable, plan, images: tuple | None):
   """The carried form of the campaign's trial loop: ``f((clean, aux), data, key, ber_index,
-  ber, idx) -> (acc, loss, n_w, n_t, ok)`` per trial of ``idx`` (traceable; the caller jits or
-  shards it). Trial keys, image subsets and values are the campaign's (``campaign._runner``);
-  ``ok`` False marks a trial to rerun on the copying path."""
+  ber, idx) -> (acc, loss, n_w, n_t, n_a, ok)`` per trial of ``idx`` (traceable; the caller jits
+  or shards it). Trial keys, image subsets and values are the campaign's (``campaign._runner``);
+  ``evaluate_trial(variables, images, trial_key, ber) -> (acc, loss, n_a)`` evaluates one trial
+  (:func:`neuron_faults.trial_evaluator`); ``ok`` False marks a trial to rerun on the copying
+  path."""
   def f(clean, data, key, ber_index, ber, idx):
     tree, aux = clean
     flat = faults._flat(tree)
@@ -119,12 +121,11 @@ def campaign_trials(model_apply: Callable, plan, images: tuple | None):
 
     def evaluate(variables, t, extra):
       tkey, ok, nw, nt = extra
-      if images is None:
-        acc, loss = accuracy_and_loss(model_apply, variables, data)
-      else:
-        pick = trial_image_indices(jax.random.fold_in(tkey, 2), *images)
-        acc, loss = accuracy_and_loss(model_apply, variables, take_images(data, pick))
-      return acc, loss, nw, nt, ok
+      subset = data
+      if images is not None:
+        subset = take_images(data, trial_image_indices(jax.random.fold_in(tkey, 2), *images))
+      acc, loss, na = evaluate_trial(variables, subset, tkey, ber)
+      return acc, loss, nw, nt, na, ok
 
     if not leaves:  # nothing in the fault space: every trial is the clean model
       return jax.lax.map(lambda t: evaluate(tree, t, (jax.random.fold_in(bkey, t), jnp.bool_(

@@ -181,8 +181,10 @@ class ResultsStore:
     if n is not None:
       ts = [t for t in ts if t < n]
     out = {"trial": np.asarray(ts, np.int64)}
-    for f in _FIELDS:
-      out[f] = np.asarray([self.rows[(variant, ber_index, t)][f] for t in ts], np.float64)
+    rows = [self.rows[(variant, ber_index, t)] for t in ts]
+    for f in _FIELDS + ("n_flips_activations",):
+      if f in _FIELDS or (rows and f in rows[0]):  # activation flips: only when injected
+        out[f] = np.asarray([r[f] for r in rows], np.float64)
     return out
 
 

@@ -45,6 +45,7 @@ from proact_jax.faults import injection as faults
 from proact_jax.faults.campaign import _batched, _clean_references, _resolve_mode, eval_set_hash
 from proact_jax.core.evaluate import EvalSet, accuracy_and_loss, eval_apply, take_images
 from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
+from proact_jax.faults.neuron_faults import ACTIVATIONS
 from proact_jax.faults.results import (STRATA_FIELDS, ResultsStore, StratifiedResult, fingerprint,
                                 result_from_store, strata_arrays)
 from proact_jax.faults.trial import FaultPlan, check_bers, check_images_per_trial, make_plan
@@ -234,7 +235,8 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
 
   Raises:
     ValueError: bad inputs (as ``run_campaign``), ``C`` outside a variant's weight space, a
-      budget below the pilot, or a results file of another configuration. Nothing is written
+      budget below the pilot, activation faults in ``space`` (not stratified), or a results
+      file of another configuration. Nothing is written
       before the inputs are validated.
   """
   bers = check_bers(bers)
@@ -252,6 +254,9 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
   mode = _resolve_mode(mode)
   fmt = get_format(fmt)
   space = space or faults.FaultSpace()
+  if ACTIVATIONS in space.collections:
+    raise ValueError("a stratified campaign stratifies weight faults: activation faults are "
+                     "not supported there (use run_campaign)")
   names = list(variants)
   reference = reference or ("relu" if "relu" in variants else names[0])
   if reference not in variants:

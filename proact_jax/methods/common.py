@@ -1,26 +1,26 @@
 """What every threshold method shares: rebuilding a model with clipped activations, filling its
 thresholds from a profile, and the result record.
 
-A model takes part if its activation sites are built by a :class:`proact_jax.Activation` held in
-a field named ``act`` (all built-in models do; so can a user's): the methods rebuild it with
-``model.clone(act=Activation(kind, granularity))``.
+A model takes part through :class:`proact_jax.transform.network.Network`: either a linen module
+whose activation sites are built by a :class:`proact_jax.Activation` held in a field named
+``act`` (all built-in models; the methods rebuild it with ``model.clone(act=Activation(kind,
+granularity))`` and return linen modules), or any JAX function wrapped by
+:func:`proact_jax.function_network` (the methods return networks).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable
+from typing import Any, Iterable
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from proact_jax.core import thresholds as thr_lib
-from proact_jax.core.activations import THRESHOLDS, Activation
+from proact_jax.core.activations import THRESHOLDS
 from proact_jax.core.evaluate import EvalSet, evaluate
-from proact_jax.core.profile import profile_max, thresholds_from_profile
+from proact_jax.core.profile import thresholds_from_profile
 from proact_jax.methods.progress import Progress, open_progress  # noqa: F401  (re-exported)
+from proact_jax.transform.network import FlaxNetwork, as_network
 
 METHODS = ("ranger", "ft-clipact", "fitact", "proact")
 ALLOWED_GRANULARITY = {
@@ -36,7 +36,7 @@ KIND = {"ranger": "zero", "ft-clipact": "zero", "fitact": "smooth", "proact": "s
 class Hardened:
   """A hardened model: the baseline weights untouched plus a threshold tree."""
   method: str
-  model: nn.Module                 # rebuilt with the clipped activation
+  model: Any                       # rebuilt with the clipped activation (linen module or network)
   variables: dict                  # baseline collections + "thresholds"
   kind: str
   granularity: str
@@ -66,13 +66,16 @@ def check_granularity(method: str, granularity: str) -> None:
                      f"{', '.join(ALLOWED_GRANULARITY[method])}")
 
 
-def with_activation(model: nn.Module, kind: str, granularity: str) -> nn.Module:
-  """The same architecture with its activation sites rebuilt as ``kind``/``granularity``."""
-  act = getattr(model, "act", None)
-  if not isinstance(act, Activation):
-    raise ValueError(f"model {type(model).__name__} has no thresholds support: build its "
-                     "activations with a proact_jax.Activation field named 'act'")
-  return model.clone(act=Activation(kind=kind, granularity=granularity, k=act.k))
+def with_activation(model, kind: str, granularity: str):
+  """The same architecture with its activation sites rebuilt as ``kind``/``granularity`` (a
+  linen module for a linen module, else a network)."""
+  net = as_network(model).with_kind(kind, granularity)
+  return net.module if isinstance(net, FlaxNetwork) else net
+
+
+def site_order(model, variables, input_shape) -> list[str]:
+  """The activation sites of ``model`` (a linen module or a network) in forward order."""
+  return as_network(model).site_order(variables, tuple(input_shape))
 
 
 def baseline_variables(variables) -> dict:
@@ -80,17 +83,12 @@ def baseline_variables(variables) -> dict:
   return {k: v for k, v in dict(variables).items() if k in ("params", "batch_stats")}
 
 
-def profiled_thresholds(base_model: nn.Module, variables, clipped: nn.Module, input_shape,
+def profiled_thresholds(base_model, variables, clipped, input_shape,
                         batches: Iterable) -> tuple[dict, dict]:
   """(threshold tree of ``clipped`` filled from the profile, per-neuron maxima by site)."""
   frozen = baseline_variables(variables)
-  relu_model = with_activation(base_model, "relu", "layer")
-  neuron_max = profile_max(relu_model, frozen, batches)
-  template = jax.eval_shape(lambda: clipped.init(jax.random.PRNGKey(0),
-                                                 jnp.zeros((1, *input_shape))))
-  if THRESHOLDS not in template:
-    raise ValueError("the clipped model has no thresholds")
-  tree = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), template[THRESHOLDS])
+  neuron_max = as_network(base_model).with_kind("relu", "layer").profile(frozen, batches)
+  tree = as_network(clipped).init_thresholds(frozen, tuple(input_shape))
   return thresholds_from_profile(tree, neuron_max), neuron_max
 
 

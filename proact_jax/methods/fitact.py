@@ -16,7 +16,8 @@ from proact_jax.core import thresholds as thr_lib
 from proact_jax.core.evaluate import EvalSet
 from proact_jax.methods.common import (Hardened, accuracy, baseline_variables,
                                        batches_of, check_granularity, profiled_thresholds,
-                                       open_progress, site_summary, with_activation)
+                                       open_progress, site_order, site_summary,
+                                       with_activation)
 from proact_jax.methods.threshold_training import ThresholdTraining, train_thresholds
 
 
@@ -42,7 +43,7 @@ def fitact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
   frozen = baseline_variables(variables)
   student = with_activation(model, "smooth", config.granularity)
   tree, _ = profiled_thresholds(model, frozen, student, input_shape, batches_of(x_profile))
-  order = thr_lib.site_order(student, input_shape)
+  order = site_order(student, frozen, input_shape)
   store = open_progress(workdir, {"method": "fitact", **dataclasses.asdict(config),
                                   "n_train": len(x_train), "n_profile": len(x_profile)},
                         frozen, x_profile, x_train, y_train, val_set)

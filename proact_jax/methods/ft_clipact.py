@@ -22,7 +22,8 @@ from proact_jax.core.evaluate import EvalSet, make_eval_set
 from proact_jax.faults.campaign import accuracy_under_faults
 from proact_jax.methods.common import (Hardened, accuracy, baseline_variables,
                                        batches_of, check_granularity, profiled_thresholds,
-                                       open_progress, site_summary, with_activation)
+                                       open_progress, site_order, site_summary,
+                                       with_activation)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +59,7 @@ def ft_clipact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_t
   frozen = baseline_variables(variables)
   clipped = with_activation(model, "zero", "layer")
   tree, _ = profiled_thresholds(model, frozen, clipped, input_shape, batches_of(x_profile))
-  order = thr_lib.site_order(clipped, input_shape)
+  order = site_order(clipped, frozen, input_shape)
   n = min(config.images, len(x_train))
   idx = np.asarray(jax.random.permutation(jax.random.PRNGKey(config.seed), len(x_train)))[:n]
   fi_set = make_eval_set(x_train[idx], y_train[idx])

@@ -15,7 +15,8 @@ from proact_jax.core.distill import check_kd_direction
 from proact_jax.core.evaluate import EvalSet, predict
 from proact_jax.methods.common import (Hardened, accuracy, baseline_variables,
                                        batches_of, check_granularity, profiled_thresholds,
-                                       open_progress, site_summary, with_activation)
+                                       open_progress, site_order, site_summary,
+                                       with_activation)
 from proact_jax.methods.guard import AccuracyGuard, GuardRule
 from proact_jax.methods.threshold_training import ThresholdTraining, train_thresholds
 
@@ -44,7 +45,8 @@ def proact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
   """Hardens ``model`` with ProAct.
 
   Args:
-    model, variables: the baseline model (activation field ``act``) and its variables.
+    model, variables: the baseline model (activation field ``act``, or a network from
+      :func:`proact_jax.function_network`) and its variables.
     x_profile: normalised profiling images (initial thresholds = their maxima).
     x_train, y_train: normalised un-augmented training images for the distillation.
     val_set: the accuracy guard's validation images.
@@ -72,7 +74,7 @@ def proact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
   student = with_activation(model, "smooth", config.granularity)
   tree, _ = profiled_thresholds(model, frozen, student, input_shape,
                                 batches_of(x_profile))
-  order = thr_lib.site_order(student, input_shape)
+  order = site_order(student, frozen, input_shape)
   store = open_progress(workdir, {"method": "proact", **dataclasses.asdict(config),
                                   "n_train": len(x_train), "n_profile": len(x_profile)},
                         frozen, x_profile, x_train, y_train, val_set)

@@ -7,10 +7,10 @@ import time
 import numpy as np
 
 from proact_jax.core.evaluate import EvalSet
-from proact_jax.core.thresholds import merge, site_order
+from proact_jax.core.thresholds import merge
 from proact_jax.methods.common import (Hardened, accuracy, baseline_variables, batches_of,
-                                       check_granularity, profiled_thresholds, site_summary,
-                                       with_activation)
+                                       check_granularity, profiled_thresholds, site_order,
+                                       site_summary, with_activation)
 
 
 def ranger(model, variables, x_profile: np.ndarray, eval_set: EvalSet,
@@ -18,7 +18,8 @@ def ranger(model, variables, x_profile: np.ndarray, eval_set: EvalSet,
   """Hardens ``model`` with Ranger.
 
   Args:
-    model: the baseline Flax model (activation field ``act``).
+    model: the baseline Flax model (activation field ``act``) or a network
+      (:func:`proact_jax.function_network`).
     variables: its variables (params, batch_stats).
     x_profile: normalised profiling images (e.g. 3,000 training images).
     eval_set: images on which clean accuracy is reported.
@@ -32,7 +33,7 @@ def ranger(model, variables, x_profile: np.ndarray, eval_set: EvalSet,
                                 batches_of(x_profile, batch_size))
   frozen = baseline_variables(variables)
   hardened = merge(frozen, tree)
-  order = site_order(clipped, input_shape)
+  order = site_order(clipped, frozen, input_shape)
   return Hardened("ranger", clipped, hardened, "zero", granularity,
                   clean_accuracy=accuracy(clipped, hardened, eval_set),
                   baseline_accuracy=accuracy(model, frozen, eval_set),

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from proact_jax.core import thresholds as thr_lib
 from proact_jax.core.distill import kl_divergence, l2_thresholds
-from proact_jax.core.evaluate import EvalSet, evaluate
+from proact_jax.core.evaluate import EvalSet, eval_apply, evaluate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +45,7 @@ def make_step(model, tx: optax.GradientTransformation, cfg: ThresholdTraining, t
   activation seen protects nothing more).
   """
   def loss_fn(thr, frozen, x, y, t_logits):
-    logits = model.apply(thr_lib.merge(frozen, thr), x, train=False)
+    logits = eval_apply(model)(thr_lib.merge(frozen, thr), x)
     loss = cfg.ce_weight * jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
     if cfg.kd_weight:
       loss = loss + cfg.kd_weight * kl_divergence(logits, t_logits, cfg.temperature,

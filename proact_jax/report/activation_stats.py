@@ -32,11 +32,12 @@ from flax.core import unfreeze
 
 from proact_jax.core import thresholds
 from proact_jax.core.activations import GRANULARITIES
+from proact_jax.core.files import create_json_exclusive
 from proact_jax.faults import activations as activation_faults
 from proact_jax.faults import injection as faults
 from proact_jax.models import create_model
-from proact_jax.core.files import create_json_exclusive
 from proact_jax.training.checkpoint import write_json_atomic
+from proact_jax.transform.network import as_network
 
 DEFAULT_BINS = 40
 
@@ -87,10 +88,10 @@ def kernel_layers(variables) -> list[str]:
   return [n for n in faults.layer_names(variables, ("params",)) if n in with_kernel]
 
 
-def _site_order(model, x, sites: Sequence[str]) -> list[str]:
+def _site_order(model, variables, x, sites: Sequence[str]) -> list[str]:
   """``sites`` in forward order (unknown names, if any, keep their order at the end)."""
   try:
-    order = thresholds.site_order(model, tuple(x.shape[1:]))
+    order = as_network(model).site_order(variables, tuple(x.shape[1:]))
   except ValueError:
     order = []
   known = [s for s in order if s in sites]
@@ -135,7 +136,8 @@ def activation_report(key: chex.PRNGKey, variants: dict, x, *, ber: float = 1e-4
 
   Args:
     key: PRNG key shared by every variant and faulted layer.
-    variants: ``{name: (model, variables)}``.
+    variants: ``{name: (model, variables)}`` (linen modules with an ``act`` field or networks
+      from :func:`proact_jax.function_network`).
     x: a modest batch of (normalised) images, ``[N, H, W, C]``.
     ber: bit error rate of the per-layer injections (paper: 1e-4).
     fmt: number format of the stored values.
@@ -190,7 +192,8 @@ def activation_report(key: chex.PRNGKey, variants: dict, x, *, ber: float = 1e-4
   out = {"type": "activations", **(meta or {}), "ber": float(ber), "fmt": str(fmt),
          "trials": int(trials), "images": int(x.shape[0]), "hist_ber": float(hist_ber),
          "variants": list(variants), "layers": layers,
-         "sites": _site_order(first_model, x, sites), "table_v": table, "histograms": hists,
+         "sites": _site_order(first_model, first_vars, x, sites), "table_v": table,
+         "histograms": hists,
          "site_sizes": {s: int(np.prod(a.shape[1:])) for s, a in shapes.items()}}
   return out
 

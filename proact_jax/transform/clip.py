@@ -35,6 +35,9 @@ import jax.numpy as jnp
 from proact_jax.core.activations import DEFAULT_LAM, activation_fn, check_kind_granularity, smooth_clip
 from proact_jax.transform.interpreter import Site, trace_sites
 
+Hook = Callable[[str, jax.Array], jax.Array]
+"""``hook(site, y) -> y'``: applied to a site's output ``y`` (batch on axis 0)."""
+
 
 def _batch_axis(site: Site, other: Site, b: int) -> tuple[int | None, str]:
   """The axis of ``site`` (traced at batch b) that becomes b+1 in ``other``, or (None, why)."""
@@ -224,28 +227,57 @@ class ClippedFunction:
 
   # -- evaluation -------------------------------------------------------------------------------
 
-  def __call__(self, params, thresholds, x, *args):
+  def __call__(self, params, thresholds, x, *args, hook: Hook | None = None):
     """``fn(params, x, *args)`` with every ReLU site clipped at ``thresholds[site]``.
 
     ``thresholds`` may be None for ``kind="relu"`` (the original function, bit for bit).
+    ``hook(name, y) -> y'`` (optional) post-processes every site's output ``y`` (the clipped
+    activation) with the site's batch axis moved to axis 0 (activation faults, capture); it
+    needs :meth:`analyse` first, a batch axis at every site, and no site inside a ``scan``,
+    ``while``, ``cond`` or ``remat`` body (:class:`ValueError` otherwise).
     """
     traced = trace_sites(self.fn, params, x, *args)
     if not traced.sites:
       raise ValueError("the function has no ReLU (jax.nn.relu call or max(x, 0)) to clip")
-    if self.kind == "relu" and thresholds is None:
+    if hook is not None:
+      self._check_hookable(traced.sites)
+    if self.kind == "relu" and thresholds is None and hook is None:
       return traced.evaluate(None)
-    axes = self._check(traced.sites, thresholds)
-    if self.kind == "relu":
+    axes = self._check(traced.sites, thresholds) if thresholds is not None else {}
+    if self.kind == "relu" and hook is None:
       return traced.evaluate(None)
     fn = activation_fn(self.kind)
 
-    def site_fn(name: str, x: jax.Array) -> jax.Array:
+    def clip(name: str, x: jax.Array) -> jax.Array:
+      if self.kind == "relu":
+        return jnp.maximum(x, 0)  # the value of jax.nn.relu(x)
       lam = jnp.asarray(thresholds[name]).astype(x.dtype)
       if axes[name] is not None:
         lam = jnp.expand_dims(lam, axes[name])
       return smooth_clip(x, lam, self.k) if self.kind == "smooth" else fn(x, lam)
 
-    return traced.evaluate(site_fn)
+    if hook is None:
+      return traced.evaluate(clip)
+
+    def hooked(name: str, x: jax.Array) -> jax.Array:
+      axis = self._axes[name]
+      y = jnp.moveaxis(clip(name, x), axis, 0)
+      return jnp.moveaxis(hook(name, y), 0, axis)
+
+    return traced.evaluate(hooked)
+
+  def _check_hookable(self, sites: list[Site]) -> None:
+    for s in sites:
+      bad = [c for c in s.context if c in ("scan", "while", "cond", "remat2", "checkpoint")]
+      if bad:
+        raise ValueError(f"site {s.name!r} sits inside a {bad[0]!r} body: activation hooks "
+                         "(activation faults, capture) need every ReLU outside loops, "
+                         "conditionals and remat")
+      if s.name not in self._axes:
+        raise ValueError("call analyse() before evaluating with a hook")
+      if self._axes[s.name] is None:
+        raise ValueError(f"site {s.name!r} (shape {s.shape}) has no batch axis: "
+                         f"{self._why[s.name]}; activation hooks need one at every site")
 
   def __repr__(self):
     return (f"ClippedFunction({getattr(self.fn, '__name__', self.fn)!r}, kind={self.kind!r}, "
