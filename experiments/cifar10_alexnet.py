@@ -258,10 +258,10 @@ def main(argv=None) -> int:
       continue
     if os.path.exists(marker):
       print(f"== {name}: done, skipping", flush=True)
-      if name not in done:
+      if name not in done or name == "baseline":
         done[name] = {"command": "proact " + " ".join(args), "wall_time_s": None,
                       "note": "found finished, not timed by this script"}
-        if name == "baseline":  # resumed sessions: the sum of the epoch times
+        if name == "baseline":  # resumed sessions: the sum of the epoch times of THIS run
           done[name].update(wall_time_s=training_time(os.path.dirname(marker) + "/.."),
                             note="sum of epoch times in metrics.jsonl")
       if name == "baseline":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
-from proact_jax.commands.args import number, parse_bers, parse_bits, variant_name
+from proact_jax.commands.args import load_variants, number, parse_bers, parse_bits
 
 PAPER_BERS = "1e-7,3e-7,1e-6,3e-6,1e-5,3e-5"
 
@@ -100,9 +100,7 @@ def run(args) -> int:
   from proact_jax.faults import campaign
   from proact_jax.faults import injection as faults
   from proact_jax.faults.formats import get_format
-  from proact_jax.faults.results import fingerprint
   from proact_jax.report.activation_stats import campaign_extra
-  from proact_jax.training.checkpoint import load_checkpoint
   from proact_jax.training.checkpoint_data import checkpoint_data
 
   bers = parse_bers(args.bers)  # numeric options: ranges checked by argparse (args.NUMERIC)
@@ -128,27 +126,8 @@ def run(args) -> int:
       if os.path.lexists(f):
         raise ValueError(f"{f} exists but its results file {out} does not (proact did not "
                          "write it); move it away or use another --out")
-  for d in args.checkpoint:
-    if not os.path.isdir(d):
-      raise ValueError(f"checkpoint {d} does not exist")
-
-  variants, metas, used, entries = {}, [], set(), {}
-  for d in args.checkpoint:
-    model, variables, meta = load_checkpoint(d)
-    name = variant_name(meta, used)
-    used.add(name)
-    variants[name] = (model, variables)
-    entries[name] = (model, variables, meta)
-    metas.append(meta)
-  if len(variants) > 1:
-    prints = {n: fingerprint(v.get("params", {})) for n, (_, v) in variants.items()}
-    if len(set(prints.values())) > 1:
-      raise ValueError("paired comparison needs checkpoints of the same baseline, but their "
-                       f"params differ ({', '.join(f'{n}: {p}' for n, p in prints.items())})")
-    for m in metas[1:]:
-      if (m["dataset"], m.get("mean"), m.get("std")) != (
-          metas[0]["dataset"], metas[0].get("mean"), metas[0].get("std")):
-        raise ValueError("paired checkpoints must use the same dataset and normalisation")
+  variants, entries = load_variants(args.checkpoint)  # same baseline, dataset, normalisation
+  metas = [e[2] for e in entries.values()]
   plans = [campaign.make_plan(v, fmt, space, max(bers), require_match=False)
            for _, v in variants.values()]  # validates --layer and --bits before any write
   if (args.layer is not None and not args.activation_faults  # activation sites: run_campaign

@@ -69,8 +69,9 @@ from proact_jax.faults import neuron_faults
 from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
 from proact_jax.faults.results import (CampaignResult, ResultsStore, fingerprint, load_results,
                                        result_from_store)
-from proact_jax.faults.trial import (FaultPlan, check_bers, check_images_per_trial, corrupt,
-                                     make_plan, trial_image_indices)
+from proact_jax.faults.trial import (FaultPlan, check_bers, check_campaign_inputs,
+                                     check_images_per_trial, corrupt, make_plan,
+                                     trial_image_indices)
 
 MODES = ("auto", "map", "vmap")
 __all__ = ["MODES", "CampaignResult", "FaultPlan", "accuracy_under_faults", "corrupt",
@@ -257,21 +258,12 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
     ValueError: bad BERs, trial counts, images per trial, format, bit range, layer filter, or a
       results file from a different configuration. Nothing is written before the inputs are validated.
   """
-  bers = check_bers(bers)
-  if not variants:
-    raise ValueError("need at least one variant")
-  if int(trials) < 1:
-    raise ValueError(f"trials must be >= 1, got {trials}")
-  if ci_target is not None and not ci_target > 0:
-    raise ValueError(f"the CI half-width target must be > 0 points, got {ci_target}")
-  images_per_trial = check_images_per_trial(images_per_trial, int(eval_set.n))
+  bers, images_per_trial, reference = check_campaign_inputs(
+      variants, bers, trials, ci_target, eval_set.n, images_per_trial, reference)
   mode = _resolve_mode(mode)
   fmt = get_format(fmt)
   space = space or faults.FaultSpace()
   names = list(variants)
-  reference = reference or ("relu" if "relu" in variants else names[0])
-  if reference not in variants:
-    raise ValueError(f"reference variant {reference!r} is not one of {', '.join(names)}")
   plans = {n: make_plan(v, fmt, space, max(bers), require_match=False, rule=fault_rule,
                        bers=tuple(bers)) for n, (_, v) in variants.items()}
   act_plan = neuron_faults.activation_plan(space, fmt, max(bers))

@@ -48,7 +48,7 @@ from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
 from proact_jax.faults.neuron_faults import ACTIVATIONS
 from proact_jax.faults.results import (STRATA_FIELDS, ResultsStore, StratifiedResult, fingerprint,
                                 result_from_store, strata_arrays)
-from proact_jax.faults.trial import FaultPlan, check_bers, check_images_per_trial, make_plan
+from proact_jax.faults.trial import FaultPlan, check_campaign_inputs, make_plan
 from proact_jax.faults.trial import trial_image_indices
 
 __all__ = ["StratifiedResult", "run_stratified_campaign"]
@@ -239,18 +239,12 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
       file of another configuration. Nothing is written
       before the inputs are validated.
   """
-  bers = check_bers(bers)
-  if not variants:
-    raise ValueError("need at least one variant")
-  if int(trials) < 1:
-    raise ValueError(f"trials must be >= 1, got {trials}")
-  if ci_target is not None and not ci_target > 0:
-    raise ValueError(f"the CI half-width target must be > 0 points, got {ci_target}")
+  bers, m, reference = check_campaign_inputs(variants, bers, trials, ci_target, eval_set.n,
+                                             images_per_trial, reference)
   if int(k_max) < 1 or int(pilot) < 2:
     raise ValueError(f"need k_max >= 1 and pilot >= 2, got {k_max} and {pilot}")
   if not critical_set.sites:
     raise ValueError("the critical set is empty")
-  m = check_images_per_trial(images_per_trial, int(eval_set.n))
   mode = _resolve_mode(mode)
   fmt = get_format(fmt)
   space = space or faults.FaultSpace()
@@ -258,9 +252,6 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
     raise ValueError("a stratified campaign stratifies weight faults: activation faults are "
                      "not supported there (use run_campaign)")
   names = list(variants)
-  reference = reference or ("relu" if "relu" in variants else names[0])
-  if reference not in variants:
-    raise ValueError(f"reference variant {reference!r} is not one of {', '.join(names)}")
   plans = {n: make_plan(v, fmt, space, max(bers), require_match=False)
            for n, (_, v) in variants.items()}
   n_c = None

@@ -165,3 +165,20 @@ def check_bers(bers) -> list[float]:
     if not 0.0 <= b <= 1.0 or math.isnan(b):
       raise ValueError(f"bit error rate must be in [0, 1], got {b}")
   return out
+
+
+def check_campaign_inputs(variants, bers, trials, ci_target, n_images: int, images_per_trial,
+                          reference):
+  """The checks every campaign kind shares: ``(bers, images_per_trial, reference)``, validated."""
+  bers = check_bers(bers)
+  if not variants:
+    raise ValueError("need at least one variant")
+  if int(trials) < 1:
+    raise ValueError(f"trials must be >= 1, got {trials}")
+  if ci_target is not None and not ci_target > 0:
+    raise ValueError(f"the CI half-width target must be > 0 points, got {ci_target}")
+  images_per_trial = check_images_per_trial(images_per_trial, int(n_images))
+  reference = reference or ("relu" if "relu" in variants else list(variants)[0])
+  if reference not in variants:
+    raise ValueError(f"reference variant {reference!r} is not one of {', '.join(variants)}")
+  return bers, images_per_trial, reference
