@@ -68,6 +68,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -187,10 +188,7 @@ def record_baseline(run_dir: str, results_dir: str) -> None:
   out = os.path.join(results_dir, "baseline")
   os.makedirs(out, exist_ok=True)
   for src in ("metrics.jsonl", "config.json", os.path.join("model", "meta.json")):
-    with open(os.path.join(run_dir, src)) as f:
-      text = f.read()
-    with open(os.path.join(out, os.path.basename(src)), "w") as f:
-      f.write(text)
+    shutil.copyfile(os.path.join(run_dir, src), os.path.join(out, os.path.basename(src)))
   rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
   meta = json.load(open(os.path.join(out, "meta.json")))
   plot_learning_curve(rows, os.path.join(out, "learning_curve.png"),
@@ -258,24 +256,24 @@ def main(argv=None) -> int:
       continue
     if os.path.exists(marker):
       print(f"== {name}: done, skipping", flush=True)
-      if name not in done or name == "baseline":
+      if name == "baseline":  # resumed sessions: the sum of THIS run's epoch times
+        done[name] = {"command": "proact " + " ".join(args),
+                      "wall_time_s": training_time(os.path.dirname(os.path.dirname(marker))),
+                      "note": "sum of epoch times in metrics.jsonl"}
+      elif name not in done:
         done[name] = {"command": "proact " + " ".join(args), "wall_time_s": None,
                       "note": "found finished, not timed by this script"}
-        if name == "baseline":  # resumed sessions: the sum of the epoch times of THIS run
-          done[name].update(wall_time_s=training_time(os.path.dirname(marker) + "/.."),
-                            note="sum of epoch times in metrics.jsonl")
-      if name == "baseline":
-        record_baseline(os.path.dirname(os.path.dirname(marker)), a.results)
-      continue
-    print(f"== {name}: proact {' '.join(args)}", flush=True)
-    t = time.time()
-    subprocess.run([sys.executable, "-m", "proact_jax.cli", *args], check=True)
-    done[name] = {"command": "proact " + " ".join(args), "wall_time_s": round(time.time() - t)}
+    else:
+      print(f"== {name}: proact {' '.join(args)}", flush=True)
+      t = time.time()
+      subprocess.run([sys.executable, "-m", "proact_jax.cli", *args], check=True)
+      done[name] = {"command": "proact " + " ".join(args),
+                    "wall_time_s": round(time.time() - t)}
+      with open(path + ".tmp", "w") as f:
+        json.dump(done, f, indent=2)
+      os.replace(path + ".tmp", path)
     if name == "baseline":
       record_baseline(os.path.dirname(os.path.dirname(marker)), a.results)
-    with open(path + ".tmp", "w") as f:
-      json.dump(done, f, indent=2)
-    os.replace(path + ".tmp", path)
   for m in ("fitact", "proact", "proact-ts"):
     ep = spent_epochs(os.path.join(a.work, "faithful", m) + ".progress")
     budget.setdefault("spent_epochs", {})[m] = ep
