@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -44,6 +45,14 @@ def _plain(key, variants, data, ber, args, trials):
                                progress=False, images_per_trial=args.images_per_trial)
 
 
+def projected_trials(rows, target: float) -> int:
+  """Trials the plain campaign needs for a ``target`` half-width on every variant mean, from its
+  measured half-widths: n (hw / target)^2 (the half-width falls as 1/sqrt(n) at a fixed
+  per-trial variance); the measured n where it already reached the target."""
+  return max(r["n"] if r["half_width"] <= target else
+             int(math.ceil(r["n"] * (r["half_width"] / target) ** 2)) for r in rows)
+
+
 def _strat(key, variants, data, ber, args, cs, trials):
   return run_stratified_campaign(key, variants, data, [ber], trials, critical_set=cs,
                                  k_max=args.stratify, pilot=args.pilot, ci_target=args.target,
@@ -61,10 +70,15 @@ def main(argv=None) -> int:
   p.add_argument("--critical", action="append", default=None)
   p.add_argument("--critical-map", default=None)
   p.add_argument("--critical-threshold", type=float, default=0.5)
+  p.add_argument("--critical-variants", default=None,
+                 help="map variants whose cells define C (default: all)")
   p.add_argument("--stratify", type=int, default=3, help="K_MAX")
   p.add_argument("--pilot", type=int, default=8)
   p.add_argument("--ci-pairs", action="store_true")
   p.add_argument("--max-trials", type=int, default=20_000, help="per BER and mode")
+  p.add_argument("--plain-max-trials", type=int, default=0,
+                  help="cap of the plain campaign (0: --max-trials); a plain campaign stopped "
+                       "by it is reported with its projected trial count, n (hw / target)^2")
   p.add_argument("--chunk", type=int, default=32)
   p.add_argument("--format", default="q15.16")
   p.add_argument("--seed", type=int, default=0)
@@ -75,7 +89,8 @@ def main(argv=None) -> int:
   fmt = get_format(args.format)
   space = faults.FaultSpace()
   cs = critical_set(next(iter(variants.values()))[1], space, fmt, args.critical,
-                    args.critical_map, args.critical_threshold)
+                    args.critical_map, args.critical_threshold,
+                    args.critical_variants.split(",") if args.critical_variants else None)
   d = checkpoint_data(meta, test_images=args.images)
   data = make_eval_set(d.x_test, d.y_test)
   m = args.images_per_trial
@@ -91,22 +106,27 @@ def main(argv=None) -> int:
     _strat(key, variants, data, ber, args, cs, args.pilot * (args.stratify + 1))
     warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    plain = _plain(key, variants, data, ber, args, args.max_trials)
+    plain = _plain(key, variants, data, ber, args, args.plain_max_trials or args.max_trials)
     tp = time.perf_counter() - t0
     t0 = time.perf_counter()
     strat = _strat(key, variants, data, ber, args, cs, args.max_trials)
     ts = time.perf_counter() - t0
     np_, ns = plain.summary_rows()[0]["n"], strat.summary_rows()[0]["n"]
+    proj = projected_trials(plain.summary_rows(), args.target / 100.0)
     row = {"ber": ber, "plain_trials": np_, "plain_images": np_ * m, "plain_s": tp,
+           "plain_trials_projected": proj, "plain_projected": proj > np_,
+           "plain_s_projected": tp * proj / np_,
            "strat_trials": ns, "strat_images": ns * m, "strat_s": ts, "warmup_s": warm,
-           "ratio_images": np_ / ns, "ratio_wall": tp / ts,
+           "ratio_images": proj / ns, "ratio_wall": tp * proj / np_ / ts,
            "weights": strat.weights[0].tolist(),
            "strata": strat.summary_rows()[0]["n_strata"],
            "variants": {r["variant"]: {"plain_mean": p["mean"], "plain_hw": p["half_width"],
                                        "strat_mean": r["mean"], "strat_hw": r["half_width"]}
                         for p, r in zip(plain.summary_rows(), strat.summary_rows())}}
     rows.append(row)
-    print(f"BER {ber:.0e}: plain {np_} trials ({np_ * m:,} images, {tp:.0f} s), stratified "
+    capped = (f", capped: {proj} projected ({proj * m:,} images, {tp * proj / np_:.0f} s)"
+              if proj > np_ else "")
+    print(f"BER {ber:.0e}: plain {np_} trials ({np_ * m:,} images, {tp:.0f} s{capped}), stratified "
           f"{ns} trials ({ns * m:,} images, {ts:.0f} s; strata {row['strata']}); ratio "
           f"{row['ratio_images']:.1f}x images, {row['ratio_wall']:.1f}x wall "
           f"(warm-up {warm:.0f} s)")

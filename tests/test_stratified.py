@@ -290,5 +290,14 @@ def test_cli_vulnerability_map_then_stratified_sweep(digits, tmp_path, capsys):
   assert ("params/Dense_1/kernel", (31,)) in from_map.sites or any(
       31 in bits for _, bits in from_map.sites)
   assert all(not p.startswith("thresholds/") for p, _ in from_map.sites)
+  # --critical-variants: the map's cells of the named variants only (here its one variant)
+  same = critical_set(digits[0]["relu"][1], faults.FaultSpace(), get_format("q15.16"), None,
+                      vmap, 0.5, ["relu"])
+  assert same.sites == from_map.sites
+  with pytest.raises(ValueError, match="--critical-variants proact: not in"):
+    critical_set(digits[0]["relu"][1], faults.FaultSpace(), get_format("q15.16"), None, vmap,
+                 0.5, ["proact"])
+  assert cli.main(argv + ["--critical", CRITICAL, "--critical-variants", "relu"]) == 2
+  assert "--critical-variants needs --critical-map" in capsys.readouterr().err
   assert cli.main(["sweep", "--checkpoint", DIGITS_CKPT[0], "--stratify", "2", "--out", out]) == 2
   assert "needs the critical set" in capsys.readouterr().err

@@ -129,10 +129,11 @@ def load_variants(checkpoints: list[str]) -> tuple[dict, dict]:
 
 
 def critical_set(variables, space, fmt, specs: list[str] | None, map_path: str | None,
-                 threshold_pp: float):
+                 threshold_pp: float, map_variants: list[str] | None = None):
   """The critical set ``C`` of ``sweep --stratify``: ``--critical`` specs and/or the cells of a
   vulnerability map (``--critical-map``) whose mean single-flip drop exceeds ``threshold_pp``
-  points (in any of its variants; weight leaves only), inside the campaign's fault space."""
+  points (in any of its variants, or of ``map_variants`` only: ``--critical-variants``; weight
+  leaves only), inside the campaign's fault space."""
   import dataclasses
 
   from proact_jax.faults import critical
@@ -153,7 +154,11 @@ def critical_set(variables, space, fmt, specs: list[str] | None, map_path: str |
     if vmap.config["format"] != fmt.name:
       raise ValueError(f"--critical-map {map_path} was measured in format "
                        f"{vmap.config['format']}, the campaign uses {fmt.name}")
-    cells = vmap.critical_pairs(threshold_pp / 100.0)
+    unknown = sorted(set(map_variants or ()) - set(vmap.config["variants"]))
+    if unknown:
+      raise ValueError(f"--critical-variants {','.join(unknown)}: not in {map_path} (it has "
+                       f"{', '.join(vmap.config['variants'])})")
+    cells = vmap.critical_pairs(threshold_pp / 100.0, map_variants or None)
     weights = dataclasses.replace(space, collections=tuple(
         c for c in space.collections if c != "thresholds"))
     lo, hi = space.bit_range(fmt)

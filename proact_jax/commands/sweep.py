@@ -86,6 +86,10 @@ def add_arguments(p):
   g.add_argument("--critical-threshold", type=number("--critical-threshold"), default=0.5,
                  metavar="PP",
                  help="map cells above this mean drop in points (default 0.5)")
+  g.add_argument("--critical-variants", default=None, metavar="NAME,...",
+                 help="take the map cells from these of its variants only (default: a cell "
+                      "above the threshold in any variant), e.g. the hardened ones when the "
+                      "unprotected baseline is destroyed at every BER of interest anyway")
   g.add_argument("--pilot", type=number("--pilot"), default=8,
                  help="first trials in every stratum (>= 2)")
   g.add_argument("--ci-pairs", action="store_true",
@@ -183,12 +187,15 @@ def run(args) -> int:
 
 def _check_stratify(args):
   if args.stratify is None:
-    if args.critical or args.critical_map or args.ci_pairs:
-      raise ValueError("--critical, --critical-map and --ci-pairs need --stratify K_MAX")
+    if args.critical or args.critical_map or args.critical_variants or args.ci_pairs:
+      raise ValueError("--critical, --critical-map, --critical-variants and --ci-pairs need "
+                       "--stratify K_MAX")
     return
   if args.stratify < 1 or args.pilot < 2:
     raise ValueError(f"--stratify must be >= 1 and --pilot >= 2, got {args.stratify}, "
                      f"{args.pilot}")
+  if args.critical_variants and not args.critical_map:
+    raise ValueError("--critical-variants needs --critical-map")
   if not args.critical and not args.critical_map:
     raise ValueError("--stratify needs the critical set: --critical LAYER:LO:HI and/or "
                      "--critical-map FILE (from proact vulnerability)")
@@ -206,7 +213,8 @@ def _stratified(args, variants, eval_set, bers, fmt, space, extra, max_trials, o
   from proact_jax.faults.stratified import run_stratified_campaign
 
   cs = critical_set(next(iter(variants.values()))[1], space, fmt, args.critical,
-                    args.critical_map, args.critical_threshold)
+                    args.critical_map, args.critical_threshold,
+                    args.critical_variants.split(",") if args.critical_variants else None)
   return run_stratified_campaign(
       jax.random.PRNGKey(args.seed), variants, eval_set, bers, max_trials, critical_set=cs,
       k_max=args.stratify, pilot=args.pilot, fmt=fmt, space=space, results_path=out,
