@@ -30,16 +30,17 @@ Stages and budgets (``--scale F`` multiplies every threshold-training epoch coun
                most 7 sites x rounds x 4 x 5 x trials fault trials (written to budget.json;
                defaults 3 rounds x 3 trials x 500 images: 1,260 trials, ~20 min as measured for
                the same budget on the 4-epoch model).
-  fitact       neuron-wise, all sites at once, Adam 1e-3 (toolbox), on the same N training
-               images as ProAct, for EXACTLY ProAct's total epochs: last + layer x 6 = 17 at
-               F = 0.1 (the paper: FitAct 150 epochs vs ProAct 50 + 20 x 6 = 170; matching
-               ProAct's count gives both the same threshold-gradient steps on the same images).
   proact       hybrid, Adam 0.01 halved every 10 epochs (paper), last site round(50 F) = 5
                epochs, each layer site round(20 F) = 2 epochs, KL(student || teacher) (Eq. 7),
                guard sized for a < 1 pp TEST drop (--target 1, z = 1.645, 5,000 validation and
                10,000 test images; methods/guard.py). A site whose guard refuses is retried with
-               the next regularisation weight (at most 3): the steps actually spent are read
+               the next regularisation weight (at most 3): the epochs actually spent are read
                back from its progress file into budget.json.
+  fitact       neuron-wise, all sites at once, Adam 1e-3 (toolbox), on the same N training
+               images as ProAct, for EXACTLY the epochs ProAct spent (its retries included;
+               planned: last + layer x 6 = 17 at F = 0.1; the paper: FitAct 150 epochs vs
+               ProAct 50 + 20 x 6 = 170), so both get the same threshold-gradient steps on the
+               same images. Runs after ProAct for that reason.
   proact-ts    the same with KL(teacher || student) (the toolbox's direction), for the KD
                direction comparison (variant "proact-2" in the campaigns).
                Estimated (417 img/s per threshold step on this CPU, idle): 45,000 images x 17
@@ -107,13 +108,19 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
         ["--fi-images", str(a.fi_images), "--fi-trials", str(a.fi_trials),
          "--fi-max-rounds", str(a.fi_max_rounds)])
   common = ["--train-images", str(n_train), "--seed", str(a.method_seed)]
+  # ProAct before FitAct: a ProAct site whose guard refuses is retrained with the next
+  # regularisation weight, so ProAct may spend more epochs than planned; FitAct then gets the
+  # epochs ProAct actually spent (read from its progress file once it finished)
+  done = os.path.exists(os.path.join(W, "faithful", "proact", "meta.json"))
+  spent = spent_epochs(os.path.join(W, "faithful", "proact") + ".progress") if done else None
+  fit_epochs = max(fit_epochs, spent or 0)
   methods = {
       "ranger": ["--method", "ranger", "--granularity", "layer"],
       "ft-clipact": ["--method", "ft-clipact", *fi, "--seed", str(a.method_seed)],
-      "fitact": ["--method", "fitact", "--epochs", str(fit_epochs), "--lr", "1e-3", *common],
       "proact": ["--method", "proact", "--last-epochs", str(last), "--epochs", str(layer),
                  "--lr", "0.01", "--target", "1.0", "--kd-direction", "student-teacher",
                  *common],
+      "fitact": ["--method", "fitact", "--epochs", str(fit_epochs), "--lr", "1e-3", *common],
       "proact-ts": ["--method", "proact", "--last-epochs", str(last), "--epochs", str(layer),
                     "--lr", "0.01", "--target", "1.0", "--kd-direction", "teacher-student",
                     *common],
@@ -163,7 +170,8 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
                       "proact_total_epochs": 50 + 20 * (S - 1), "fitact_epochs": 150},
             "proact": {"last_epochs": last, "layer_epochs": layer,
                        "total_epochs": last + layer * (S - 1)},
-            "fitact": {"epochs": fit_epochs},
+            "fitact": {"epochs": fit_epochs,
+                       "matched_to": "proact spent" if spent else "proact planned"},
             "ft_clipact": {"max_fault_trials": fi_trials, "args": fi,
                            "rule": "sites x max rounds x 4 candidates x 5 BERs x trials"}}
   return stages, budget
@@ -197,12 +205,14 @@ def record_baseline(run_dir: str, results_dir: str) -> None:
 
 
 def spent_epochs(progress_dir: str) -> int | None:
-  """Threshold-training epochs actually run, from a hardening progress file."""
-  path = os.path.join(progress_dir, "progress.json")
+  """Threshold-training epochs actually run (finished stages), from a hardening progress file
+  (``progress.npz``, its ``__state__`` JSON; methods/progress.py)."""
+  import numpy as np
+  path = os.path.join(progress_dir, "progress.npz")
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    stages = json.load(f)["stages"]
+  with np.load(path, allow_pickle=False) as z:
+    stages = json.loads(z["__state__"].tobytes().decode())["stages"]
   n = 0
   for s in stages:
     for h in s.get("history", []):

@@ -52,3 +52,37 @@ def test_record_baseline_copies_the_run_and_draws_its_curve(tmp_path):
   assert (out / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
   assert json.loads((out / "meta.json").read_text()) == {"accuracy": 0.6123}
   assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fitact_gets_the_epochs_proact_spent(tmp_path):
+  import json
+  import os
+
+  import numpy as np
+  mod = _load()
+  work = str(tmp_path / "w")
+  prog = os.path.join(work, "faithful", "proact.progress")
+  os.makedirs(prog)
+  assert mod.spent_epochs(prog) is None
+  # two sites; the first was refused twice and retried: 4 + 4 + 4 + 3 epochs
+  four = [{}] * 4
+  state = {"stages": [{"stage": "a", "history": [{"gamma": 0.01, "epochs": four},
+                                                 {"gamma": 0.001, "epochs": four},
+                                                 {"gamma": 0.0001, "epochs": four}]},
+                      {"stage": "b", "history": [{"gamma": 0.01, "epochs": [{}] * 3}]}]}
+  np.savez(os.path.join(prog, "progress.npz"),
+           __state__=np.frombuffer(json.dumps(state).encode(), np.uint8))
+  assert mod.spent_epochs(prog) == 15
+  args = ["--data-dir", "D", "--work", work, "--scale", "0.02"]
+  _, budget = mod.plan(mod.parse_args(args))   # ProAct not finished: the planned count
+  assert budget["fitact"] == {"epochs": budget["proact"]["total_epochs"],
+                              "matched_to": "proact planned"}
+  os.makedirs(os.path.join(work, "faithful", "proact"))
+  open(os.path.join(work, "faithful", "proact", "meta.json"), "w").write("{}")
+  stages, budget = mod.plan(mod.parse_args(args))
+  assert budget["proact"]["total_epochs"] == 7 and budget["fitact"] == {
+      "epochs": 15, "matched_to": "proact spent"}
+  fit = next(a for n, a, _ in stages if n == "harden-fitact")
+  assert fit[fit.index("--epochs") + 1] == "15"
+  names = [n for n, _, _ in stages]
+  assert names.index("harden-proact") < names.index("harden-fitact")
