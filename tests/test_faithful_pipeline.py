@@ -35,6 +35,15 @@ def test_plan_is_valid_and_budgets_are_matched():
   assert full["sites"] == 7 and full["proact"] == {"last_epochs": 5, "layer_epochs": 2,
                                                     "total_epochs": 17}
   assert full["ft_clipact"]["max_fault_trials"] == 7 * 3 * 4 * 5 * 3
+  # the second model: its own directories, recipe and classifier layer
+  stages, res = mod.plan(mod.parse_args(["--data-dir", "D", "--model", "resnet20"]))
+  argv = dict((n, a) for n, a, _ in stages)
+  assert argv["baseline"][argv["baseline"].index("--model") + 1] == "resnet20"
+  assert "runs/cifar10_resnet20/base" in argv["baseline"]
+  cls = argv["classifier-bernoulli"]
+  assert cls[cls.index("--layer") + 1] == "Dense_0" and res["sites"] > 7
+  for _, args in argv.items():
+    parser.parse_args(args)
 
 
 def test_record_baseline_copies_the_run_and_draws_its_curve(tmp_path):
