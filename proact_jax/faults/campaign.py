@@ -206,6 +206,25 @@ def eval_set_hash(data: EvalSet) -> str:
   return fingerprint({"x": data.x, "y": data.y, "mask": data.mask})
 
 
+def header_config(key, bers, fmt: NumberFormat, space, trial_key: str, variants: dict,
+                  plans: dict, eval_set: EvalSet) -> dict:
+  """The fields every campaign's results header starts with (plain and stratified): the key,
+  BERs, format and fault space, how trial keys derive (``trial_key``), each variant's model,
+  fingerprint and fault plan, and the evaluation set. Resuming compares them."""
+  return {
+      # 2: exactly uniform positions and the whole model quantised (files of 1 are not resumed)
+      "version": 2, "key": np.asarray(jax.random.key_data(key)).tolist(), "bers": bers,
+      "format": fmt.name, "space": dataclasses.asdict(space), "trial_key": trial_key,
+      "variants": {n: {"model": repr(m), "fingerprint": fingerprint(v),
+                       "bits_weights": plans[n].bits_weights,
+                       "bits_thresholds": plans[n].bits_thresholds,
+                       "cap_weights": plans[n].cap_weights,
+                       "cap_thresholds": plans[n].cap_thresholds}
+                   for n, (m, v) in variants.items()},
+      "eval_set": {"n": int(eval_set.n), "hash": eval_set_hash(eval_set)},
+  }
+
+
 def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, trials: int, *,
                  fmt: str | NumberFormat = DEFAULT_FORMAT, space: faults.FaultSpace | None = None,
                  results_path: str | None = None, ci_target: float | None = None,
@@ -281,21 +300,10 @@ def run_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers, tri
   if chunk is None:
     chunk = 10 if sequential else -(-int(trials) // -(-int(trials) // 64))
   chunk = max(1, int(chunk))
-  config = {
-      # 2: exactly uniform positions and the whole model quantised (files of 1 are not resumed)
-      "version": 2, "key": np.asarray(jax.random.key_data(key)).tolist(), "bers": bers,
-      "format": fmt.name, "space": dataclasses.asdict(space),
-      "trial_key": "fold_in(fold_in(key, ber_index), trial); weights fold_in(k, 0), "
-                   "thresholds fold_in(k, 1)",
-      "variants": {n: {"model": repr(m), "fingerprint": fingerprint(v),
-                       "bits_weights": plans[n].bits_weights,
-                       "bits_thresholds": plans[n].bits_thresholds,
-                       "cap_weights": plans[n].cap_weights,
-                       "cap_thresholds": plans[n].cap_thresholds}
-                   for n, (m, v) in variants.items()},
-      "eval_set": {"n": int(eval_set.n), "hash": eval_set_hash(eval_set)},
-      "extra": config_extra or {},
-  }
+  config = {**header_config(key, bers, fmt, space, "fold_in(fold_in(key, ber_index), trial); "
+                             "weights fold_in(k, 0), thresholds fold_in(k, 1)", variants, plans,
+                             eval_set),
+            "extra": config_extra or {}}
   if act_plan is not None:  # only when set: files without activation faults keep their config
     config["activation_faults"] = {
         "key": "fold_in(trial_key, 5); site evaluation j (forward order), image position p: "

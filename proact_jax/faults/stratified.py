@@ -42,11 +42,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from proact_jax.faults import carry, critical, strata
 from proact_jax.faults import injection as faults
-from proact_jax.faults.campaign import _batched, _clean_references, _resolve_mode, eval_set_hash
+from proact_jax.faults.campaign import (_batched, _clean_references, _resolve_mode,
+                                       header_config)
 from proact_jax.core.evaluate import EvalSet, accuracy_and_loss, eval_apply, take_images
 from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
 from proact_jax.faults.neuron_faults import ACTIVATIONS
-from proact_jax.faults.results import (STRATA_FIELDS, ResultsStore, StratifiedResult, fingerprint,
+from proact_jax.faults.results import (STRATA_FIELDS, ResultsStore, StratifiedResult,
                                 result_from_store, strata_arrays)
 from proact_jax.faults.trial import FaultPlan, check_campaign_inputs, make_plan
 from proact_jax.faults.trial import trial_image_indices
@@ -280,19 +281,11 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
   chunk = max(1, int(chunk or 32))
   pairs = [(a, b) for j, a in enumerate(names) for b in names[:j]] if ci_pairs else []
   config = {
-      # 2: exactly uniform positions and the whole model quantised (files of 1 are not resumed)
-      "version": 2, "key": np.asarray(jax.random.key_data(key)).tolist(), "bers": bers,
-      "format": fmt.name, "space": dataclasses.asdict(space),
-      "trial_key": f"fold_in(fold_in(fold_in(fold_in(key, ber_index), {TAG}), stratum), "
-                   "trial); weights outside C fold_in(k, 0), thresholds fold_in(k, 1), images "
-                   "fold_in(k, 2), positions in C fold_in(k, 3), tail count fold_in(k, 4)",
-      "variants": {n: {"model": repr(mo), "fingerprint": fingerprint(v),
-                       "bits_weights": plans[n].bits_weights,
-                       "bits_thresholds": plans[n].bits_thresholds,
-                       "cap_weights": plans[n].cap_weights,
-                       "cap_thresholds": plans[n].cap_thresholds}
-                   for n, (mo, v) in variants.items()},
-      "eval_set": {"n": int(eval_set.n), "hash": eval_set_hash(eval_set)},
+      **header_config(key, bers, fmt, space,
+                      f"fold_in(fold_in(fold_in(fold_in(key, ber_index), {TAG}), stratum), "
+                      "trial); weights outside C fold_in(k, 0), thresholds fold_in(k, 1), images "
+                      "fold_in(k, 2), positions in C fold_in(k, 3), tail count fold_in(k, 4)",
+                      variants, plans, eval_set),
       "strata": {"critical": critical_set.to_json(), "n_bits": n_c, "k_max": k_max,
                  "table_length": length, "cap": cap_c,
                  "weights": [w.tolist() for w in weights]},
