@@ -234,6 +234,34 @@ def record_baseline(run_dir: str, results_dir: str) -> None:
                       f"test {100 * meta['accuracy']:.2f} %")
 
 
+def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
+  """Copies a hardened checkpoint's metadata into RESULTS/hardened/NAME.json (test and
+  validation accuracy, baseline, thresholds per site, wall time; the weights stay in WORK) with,
+  for FitAct and ProAct, the search history from its progress file: per site the
+  regularisation weights tried, the epochs each ran and which was kept."""
+  with open(os.path.join(out_dir, "meta.json")) as f:
+    meta = json.load(f)
+  record = {k: meta[k] for k in ("method", "model", "dataset", "accuracy", "baseline_accuracy",
+                                 "val_accuracy", "seed", "content_sha256") if k in meta}
+  record["hardening"] = meta.get("hardening", {})
+  prog = os.path.join(out_dir + ".progress", "progress.npz")
+  if os.path.exists(prog):
+    import numpy as np
+    with np.load(prog, allow_pickle=False) as z:
+      stages = json.loads(z["__state__"].tobytes().decode())["stages"]
+    record["search"] = [{"site": st.get("stage"), "kept_gamma": st.get("gamma"),
+                         "kept": st.get("kept"),
+                         "tried": [{"gamma": h.get("gamma"), "epochs": len(h.get("epochs", []))}
+                                   for h in st.get("history", []) if isinstance(h, dict)]}
+                        for st in stages]
+    record["spent_epochs"] = spent_epochs(out_dir + ".progress")
+  os.makedirs(os.path.join(results_dir, "hardened"), exist_ok=True)
+  path = os.path.join(results_dir, "hardened", f"{name}.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
 def spent_epochs(progress_dir: str) -> int | None:
   """Threshold-training epochs actually run (finished stages), from a hardening progress file
   (``progress.npz``, its ``__state__`` JSON; methods/progress.py)."""
@@ -318,6 +346,8 @@ def main(argv=None) -> int:
       os.replace(path + ".tmp", path)
     if name == "baseline":
       record_baseline(os.path.dirname(os.path.dirname(marker)), a.results)
+    elif name.startswith("harden-") and os.path.exists(marker):
+      record_hardened(name[len("harden-"):], os.path.dirname(marker), a.results)
   for m in ("fitact", "proact", "proact-ts"):
     ep = spent_epochs(os.path.join(a.work, "faithful", m) + ".progress")
     budget.setdefault("spent_epochs", {})[m] = ep

@@ -17,11 +17,13 @@ def _load():
   return mod
 
 
-def test_plan_is_valid_and_budgets_are_matched():
+def test_plan_is_valid_and_budgets_are_matched(tmp_path):
   mod = _load()
   parser = cli.build_parser()
+  work = ["--work", str(tmp_path / "w")]  # no finished ProAct there: the planned FitAct epochs
   for smoke in (False, True):
-    stages, budget = mod.plan(mod.parse_args(["--smoke"] if smoke else ["--data-dir", "D"]))
+    stages, budget = mod.plan(mod.parse_args(work + (["--smoke"] if smoke else
+                                                     ["--data-dir", "D"])))
     names = [n for n, _, _ in stages]
     for rule in ("bernoulli", "toolbox-floor"):
       assert f"campaign-{rule}" in names and f"report-{rule}" in names
@@ -31,7 +33,7 @@ def test_plan_is_valid_and_budgets_are_matched():
     assert budget["fitact"]["epochs"] == p["total_epochs"] == \
         p["last_epochs"] + p["layer_epochs"] * (budget["sites"] - 1)
   assert budget["sites"] == 3            # small_cnn in the smoke plan
-  _, full = mod.plan(mod.parse_args(["--data-dir", "D"]))
+  _, full = mod.plan(mod.parse_args(work + ["--data-dir", "D"]))
   assert full["sites"] == 7 and full["proact"] == {"last_epochs": 5, "layer_epochs": 2,
                                                     "total_epochs": 17}
   assert full["ft_clipact"]["max_fault_trials"] == 7 * 3 * 4 * 5 * 3
@@ -95,3 +97,29 @@ def test_fitact_gets_the_epochs_proact_spent(tmp_path):
   assert fit[fit.index("--epochs") + 1] == "15"
   names = [n for n, _, _ in stages]
   assert names.index("harden-proact") < names.index("harden-fitact")
+
+
+def test_record_hardened_keeps_accuracy_and_the_search(tmp_path):
+  import json
+  import os
+
+  import numpy as np
+  mod = _load()
+  out = tmp_path / "w" / "faithful" / "proact"
+  os.makedirs(out)
+  meta = {"method": "proact", "model": "alexnet", "accuracy": 0.81, "baseline_accuracy": 0.82,
+          "hardening": {"wall_time": 3.0}, "mean": [0.5]}
+  (out / "meta.json").write_text(json.dumps(meta))
+  os.makedirs(str(out) + ".progress")
+  state = {"stages": [{"stage": "act1", "gamma": 0.001, "kept": True,
+                       "history": [{"gamma": 0.01, "epochs": [{}, {}]},
+                                   {"gamma": 0.001, "epochs": [{}, {}]}]}]}
+  np.savez(os.path.join(str(out) + ".progress", "progress.npz"),
+           __state__=np.frombuffer(json.dumps(state).encode(), np.uint8))
+  mod.record_hardened("proact", str(out), str(tmp_path / "r"))
+  rec = json.load(open(tmp_path / "r" / "hardened" / "proact.json"))
+  assert rec["accuracy"] == 0.81 and rec["baseline_accuracy"] == 0.82 and "mean" not in rec
+  assert rec["search"] == [{"site": "act1", "kept_gamma": 0.001, "kept": True,
+                            "tried": [{"gamma": 0.01, "epochs": 2},
+                                      {"gamma": 0.001, "epochs": 2}]}]
+  assert rec["spent_epochs"] == 4
