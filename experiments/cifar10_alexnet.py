@@ -22,6 +22,12 @@ Commands (run from the repository root):
   # one stage (or a few) only, the others skipped unless already done:
   python experiments/cifar10_alexnet.py --data-dir ... --only baseline,harden-ranger
 
+  # a method-seed repeat on the same baseline (issue 14 item 8: >= 5 hardening seeds)
+  python experiments/cifar10_alexnet.py --data-dir ... --method-seed 1 \\
+      --baseline runs/cifar10_alexnet/base --work runs/cifar10_alexnet_s1 \\
+      --results results/cifar10_alexnet/seeds/s1 \\
+      --only harden-ranger,harden-ft-clipact,harden-proact,harden-fitact,campaign-bernoulli
+
   # the same stages at a tiny budget on the embedded digits data (checks the plumbing);
   # measured 1,480 s end to end with the machine at load 12-14 on 2 cores (559 s of it the
   # activations stage), every stage skipped on a second run
@@ -125,7 +131,7 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   model, dataset = ("small_cnn", "digits") if smoke else (a.model, "cifar10")
   data = [] if smoke else ["--data-dir", a.data_dir]
   W, R = a.work, a.results
-  base = os.path.join(W, "base")
+  base = a.baseline or os.path.join(W, "base")
   train = ["--epochs", "3"] if smoke else RECIPES[model]
   stages = [("baseline", ["train", "--model", model, "--dataset", dataset, *data, *train,
                           "--out", base, "--seed", "0"],
@@ -293,6 +299,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--fi-max-rounds", type=int, default=3)
   ap.add_argument("--max-trials", type=int, default=1000, help="campaign cap per BER")
   ap.add_argument("--method-seed", type=int, default=0)
+  ap.add_argument("--baseline", default=None,
+                  help="a finished `proact train` run directory to harden instead of WORK/base "
+                       "(the method-seed repeats share the seed-0 baseline: --method-seed S "
+                       "--baseline runs/cifar10_alexnet/base --work runs/cifar10_alexnet_sS "
+                       "--results results/cifar10_alexnet/seeds/sS)")
   ap.add_argument("--smoke", action="store_true", help="tiny budgets on digits")
   ap.add_argument("--dry-run", action="store_true", help="print the stages, run nothing")
   ap.add_argument("--only", default=None,
