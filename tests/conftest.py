@@ -20,16 +20,18 @@ def pytest_configure(config):
   recompiling; the disk cache returns the same executable, so no number changes. Measured on
   test_carry + test_fault_rule + test_vulnerability in one process: 129 -> 101 CPU-s with an
   empty cache at the start. The cache lives in a fresh temporary directory removed at the end (a
-  run never reads another run's executables); a size limit makes JAX lock the directory
-  (filelock), so concurrent writers never expose a half-written entry.
+  run never reads another run's executables). No size limit: with one, JAX keeps an access-time
+  file per entry and a writer killed between the two writes breaks every later write; without,
+  the worst a concurrent reader can meet is a half-written entry, which JAX rejects (its
+  compressed stream is checked) with a warning and recompiles. A child under a file-size limit
+  (test_misuse) gets no cache.
   """
   if os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("PYTEST_XDIST_WORKER"):
     return  # the user's own cache, or a worker: the controller set it up
   path = tempfile.mkdtemp(prefix="proact-jax-test-xla-cache-")
   os.environ.update({"JAX_COMPILATION_CACHE_DIR": path, _CACHE_OWNER: path,
                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-                     "JAX_COMPILATION_CACHE_MAX_SIZE": str(4 << 30)})
+                     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
 
 
 def pytest_unconfigure(config):

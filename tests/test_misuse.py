@@ -78,6 +78,8 @@ def _subprocess(argv, timeout=300, fsize=None):
   """``proact ARGV`` in a new process, with a file-size limit of ``fsize`` bytes if given (set
   by the child itself: no fork of this multithreaded process)."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  if fsize:  # it would write the suite's compilation cache under the limit: truncated entries
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
   code = ("import resource, runpy, sys; "
           + (f"resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize}, resource.RLIM_INFINITY)); "
              if fsize else "")
