@@ -359,8 +359,9 @@ def main(argv=None) -> int:
       record_baseline(os.path.dirname(os.path.dirname(marker)), a.results)
     elif name.startswith("harden-") and os.path.exists(marker):
       record_hardened(name[len("harden-"):], os.path.dirname(marker), a.results)
-  for m in ("fitact", "proact", "proact-ts"):
-    ep = spent_epochs(os.path.join(a.work, "faithful", m) + ".progress")
+  for m in ("fitact", "proact", "proact-ts"):  # finished runs only (null: not finished)
+    out = os.path.join(a.work, "faithful", m)
+    ep = spent_epochs(out + ".progress") if os.path.exists(os.path.join(out, "meta.json")) else None
     budget.setdefault("spent_epochs", {})[m] = ep
   with open(os.path.join(a.results, "budget.json"), "w") as f:
     json.dump(budget, f, indent=2)
