@@ -113,18 +113,19 @@ def main(argv=None) -> int:
     ts = time.perf_counter() - t0
     np_, ns = plain.summary_rows()[0]["n"], strat.summary_rows()[0]["n"]
     proj = projected_trials(plain.summary_rows(), args.target / 100.0)
+    tp_proj = tp * proj / np_
     row = {"ber": ber, "plain_trials": np_, "plain_images": np_ * m, "plain_s": tp,
            "plain_trials_projected": proj, "plain_projected": proj > np_,
-           "plain_s_projected": tp * proj / np_,
+           "plain_s_projected": tp_proj,
            "strat_trials": ns, "strat_images": ns * m, "strat_s": ts, "warmup_s": warm,
-           "ratio_images": proj / ns, "ratio_wall": tp * proj / np_ / ts,
+           "ratio_images": proj / ns, "ratio_wall": tp_proj / ts,
            "weights": strat.weights[0].tolist(),
            "strata": strat.summary_rows()[0]["n_strata"],
            "variants": {r["variant"]: {"plain_mean": p["mean"], "plain_hw": p["half_width"],
                                        "strat_mean": r["mean"], "strat_hw": r["half_width"]}
                         for p, r in zip(plain.summary_rows(), strat.summary_rows())}}
     rows.append(row)
-    capped = (f", capped: {proj} projected ({proj * m:,} images, {tp * proj / np_:.0f} s)"
+    capped = (f", capped: {proj} projected ({proj * m:,} images, {tp_proj:.0f} s)"
               if proj > np_ else "")
     print(f"BER {ber:.0e}: plain {np_} trials ({np_ * m:,} images, {tp:.0f} s{capped}), stratified "
           f"{ns} trials ({ns * m:,} images, {ts:.0f} s; strata {row['strata']}); ratio "

@@ -147,8 +147,7 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   # ProAct before FitAct: a ProAct site whose guard refuses is retrained with the next
   # regularisation weight, so ProAct may spend more epochs than planned; FitAct then gets the
   # epochs ProAct actually spent (read from its progress file once it finished)
-  done = os.path.exists(os.path.join(W, "faithful", "proact", "meta.json"))
-  spent = spent_epochs(os.path.join(W, "faithful", "proact") + ".progress") if done else None
+  spent = finished_spent(W, "proact")
   fit_epochs = max(fit_epochs, spent or 0)
   methods = {
       "ranger": ["--method", "ranger", "--granularity", "layer"],
@@ -221,7 +220,8 @@ def training_time(run_dir: str) -> float | None:
   return round(sum(r.get("epoch_time", 0.0) for r in rows))
 
 
-def record_baseline(run_dir: str, results_dir: str) -> None:
+def record_baseline(run_dir: str, results_dir: str, model: str = "alexnet",
+                    dataset: str = "cifar10") -> None:
   """Copies the baseline's learning record into RESULTS/baseline and draws its curve.
 
   Writes ``metrics.jsonl`` (one line per epoch), ``config.json`` (the training configuration),
@@ -235,8 +235,10 @@ def record_baseline(run_dir: str, results_dir: str) -> None:
     shutil.copyfile(os.path.join(run_dir, src), os.path.join(out, os.path.basename(src)))
   rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
   meta = json.load(open(os.path.join(out, "meta.json")))
+  name = {"alexnet": "AlexNet", "resnet20": "ResNet-20", "vgg16": "VGG-16"}.get(model, model)
   plot_learning_curve(rows, os.path.join(out, "learning_curve.png"),
-                      f"AlexNet / CIFAR-10, {len(rows)} epochs: "
+                      f"{name} / {dataset.upper().replace('CIFAR', 'CIFAR-')}, "
+                      f"{len(rows)} epochs: "
                       f"test {100 * meta['accuracy']:.2f} %")
 
 
@@ -250,17 +252,14 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
   record = {k: meta[k] for k in ("method", "model", "dataset", "accuracy", "baseline_accuracy",
                                  "val_accuracy", "seed", "content_sha256") if k in meta}
   record["hardening"] = meta.get("hardening", {})
-  prog = os.path.join(out_dir + ".progress", "progress.npz")
-  if os.path.exists(prog):
-    import numpy as np
-    with np.load(prog, allow_pickle=False) as z:
-      stages = json.loads(z["__state__"].tobytes().decode())["stages"]
+  stages = progress_stages(out_dir + ".progress")
+  if stages is not None:
     record["search"] = [{"site": st.get("stage"), "kept_gamma": st.get("gamma"),
                          "kept": st.get("kept"),
                          "tried": [{"gamma": h.get("gamma"), "epochs": len(h.get("epochs", []))}
                                    for h in st.get("history", []) if isinstance(h, dict)]}
                         for st in stages]
-    record["spent_epochs"] = spent_epochs(out_dir + ".progress")
+    record["spent_epochs"] = _epochs(stages)
   os.makedirs(os.path.join(results_dir, "hardened"), exist_ok=True)
   path = os.path.join(results_dir, "hardened", f"{name}.json")
   with open(path + ".tmp", "w") as f:
@@ -268,20 +267,32 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
   os.replace(path + ".tmp", path)
 
 
-def spent_epochs(progress_dir: str) -> int | None:
-  """Threshold-training epochs actually run (finished stages), from a hardening progress file
-  (``progress.npz``, its ``__state__`` JSON; methods/progress.py)."""
+def progress_stages(progress_dir: str) -> list | None:
+  """The finished stages of a hardening progress file (``progress.npz``, its ``__state__``
+  JSON; methods/progress.py), or None without one."""
   import numpy as np
   path = os.path.join(progress_dir, "progress.npz")
   if not os.path.exists(path):
     return None
   with np.load(path, allow_pickle=False) as z:
-    stages = json.loads(z["__state__"].tobytes().decode())["stages"]
-  n = 0
-  for s in stages:
-    for h in s.get("history", []):
-      n += len(h["epochs"]) if isinstance(h, dict) and "epochs" in h else 1
-  return n
+    return json.loads(z["__state__"].tobytes().decode())["stages"]
+
+
+def spent_epochs(progress_dir: str) -> int | None:
+  """Threshold-training epochs actually run (finished stages), from a hardening progress file."""
+  stages = progress_stages(progress_dir)
+  return None if stages is None else _epochs(stages)
+
+
+def _epochs(stages: list) -> int:
+  return sum(len(h["epochs"]) if isinstance(h, dict) and "epochs" in h else 1
+             for s in stages for h in s.get("history", []))
+
+
+def finished_spent(work: str, method: str) -> int | None:
+  """Epochs a FINISHED hardening run in WORK/faithful/METHOD spent (None if not finished)."""
+  out = os.path.join(work, "faithful", method)
+  return spent_epochs(out + ".progress") if os.path.exists(os.path.join(out, "meta.json")) else None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -356,13 +367,12 @@ def main(argv=None) -> int:
         json.dump(done, f, indent=2)
       os.replace(path + ".tmp", path)
     if name == "baseline":
-      record_baseline(os.path.dirname(os.path.dirname(marker)), a.results)
+      record_baseline(os.path.dirname(os.path.dirname(marker)), a.results,
+                      *(("small_cnn", "digits") if a.smoke else (a.model, "cifar10")))
     elif name.startswith("harden-") and os.path.exists(marker):
       record_hardened(name[len("harden-"):], os.path.dirname(marker), a.results)
-  for m in ("fitact", "proact", "proact-ts"):  # finished runs only (null: not finished)
-    out = os.path.join(a.work, "faithful", m)
-    ep = spent_epochs(out + ".progress") if os.path.exists(os.path.join(out, "meta.json")) else None
-    budget.setdefault("spent_epochs", {})[m] = ep
+  budget["spent_epochs"] = {m: finished_spent(a.work, m)  # null: not finished
+                            for m in ("fitact", "proact", "proact-ts")}
   with open(os.path.join(a.results, "budget.json"), "w") as f:
     json.dump(budget, f, indent=2)
   with open(path + ".tmp", "w") as f:
