@@ -30,7 +30,7 @@ import time
 
 import jax
 
-from proact_jax.commands.args import critical_set, load_variants, parse_bers
+from proact_jax.commands.args import critical_from_args, load_variants, parse_bers
 from proact_jax.core.evaluate import make_eval_set
 from proact_jax.faults import campaign
 from proact_jax.faults import injection as faults
@@ -60,6 +60,17 @@ def _strat(key, variants, data, ber, args, cs, trials):
                                  progress=False, images_per_trial=args.images_per_trial)
 
 
+def _earlier_plain(args, parser) -> dict:
+  """The plain rows of ``--plain-from`` by BER, after checking that they answer this run."""
+  with open(args.plain_from) as f:
+    old = json.load(f)
+  same = ("checkpoint", "target", "images_per_trial", "images", "format", "seed")
+  diff = [k for k in same if old["args"].get(k) != getattr(args, k)]
+  if diff:
+    parser.error(f"--plain-from {args.plain_from}: other {', '.join(diff)} than this run")
+  return {r["ber"]: r for r in old["rows"]}
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--checkpoint", action="append", required=True)
@@ -72,6 +83,13 @@ def main(argv=None) -> int:
   p.add_argument("--critical-threshold", type=float, default=0.5)
   p.add_argument("--critical-variants", default=None,
                  help="map variants whose cells define C (default: all)")
+  p.add_argument("--critical-direction", default=None, choices=["raise", "lower"],
+                 help="only the map cells' positions whose flip raises / lowers the value")
+  p.add_argument("--plain-from", default=None, metavar="JSON",
+                 help="reuse the plain rows of an earlier --json output of this benchmark (same "
+                      "checkpoints, BERs, target, images and seed; checked) instead of running "
+                      "them: the image ratio stands, the wall ratio is not reported (another "
+                      "run, another load)")
   p.add_argument("--stratify", type=int, default=3, help="K_MAX")
   p.add_argument("--pilot", type=int, default=8)
   p.add_argument("--ci-pairs", action="store_true")
@@ -88,58 +106,68 @@ def main(argv=None) -> int:
   meta = next(iter(entries.values()))[2]
   fmt = get_format(args.format)
   space = faults.FaultSpace()
-  cs = critical_set(next(iter(variants.values()))[1], space, fmt, args.critical,
-                    args.critical_map, args.critical_threshold,
-                    args.critical_variants.split(",") if args.critical_variants else None)
+  cs = critical_from_args(args, next(iter(variants.values()))[1], space, fmt)
+  earlier = _earlier_plain(args, p) if args.plain_from else {}
   d = checkpoint_data(meta, test_images=args.images)
   data = make_eval_set(d.x_test, d.y_test)
   m = args.images_per_trial
   key = jax.random.PRNGKey(args.seed)
   print(f"jax {jax.__version__}, {jax.default_backend()}, {jax.device_count()} device(s); "
         f"{meta['model']} / {meta['dataset']}, variants {', '.join(variants)}, {data.n} test "
-        f"images, {m} per trial, target {args.target} pp; C = {cs.n_bits(next(iter(variants.values()))[1])} "
+        f"images, {m} per trial, target {args.target} pp; C = {cs.n_bits(next(iter(variants.values()))[1], fmt)} "
         f"bits ({cs.describe()[:200]}), K_MAX {args.stratify}")
   rows = []
   for ber in parse_bers(args.bers):
     t0 = time.perf_counter()
-    _plain(key, variants, data, ber, args, args.chunk)  # compile
+    if ber not in earlier:
+      _plain(key, variants, data, ber, args, args.chunk)  # compile
     _strat(key, variants, data, ber, args, cs, args.pilot * (args.stratify + 1))
     warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    plain = _plain(key, variants, data, ber, args, args.plain_max_trials or args.max_trials)
-    tp = time.perf_counter() - t0
+    if ber in earlier:
+      old = earlier[ber]
+      np_, proj, tp = old["plain_trials"], old["plain_trials_projected"], None
+      plain_rows = [{"variant": v, "mean": r["plain_mean"], "half_width": r["plain_hw"]}
+                    for v, r in old["variants"].items()]
+    else:
+      t0 = time.perf_counter()
+      plain = _plain(key, variants, data, ber, args, args.plain_max_trials or args.max_trials)
+      tp = time.perf_counter() - t0
+      plain_rows = plain.summary_rows()
+      np_ = plain_rows[0]["n"]
+      proj = projected_trials(plain_rows, args.target / 100.0)
     t0 = time.perf_counter()
     strat = _strat(key, variants, data, ber, args, cs, args.max_trials)
     ts = time.perf_counter() - t0
-    np_, ns = plain.summary_rows()[0]["n"], strat.summary_rows()[0]["n"]
-    proj = projected_trials(plain.summary_rows(), args.target / 100.0)
-    tp_proj = tp * proj / np_
+    ns = strat.summary_rows()[0]["n"]
+    tp_proj = None if tp is None else tp * proj / np_
     row = {"ber": ber, "plain_trials": np_, "plain_images": np_ * m, "plain_s": tp,
            "plain_trials_projected": proj, "plain_projected": proj > np_,
-           "plain_s_projected": tp_proj,
+           "plain_s_projected": tp_proj, "plain_from": args.plain_from if tp is None else None,
            "strat_trials": ns, "strat_images": ns * m, "strat_s": ts, "warmup_s": warm,
-           "ratio_images": proj / ns, "ratio_wall": tp_proj / ts,
+           "ratio_images": proj / ns, "ratio_wall": None if tp is None else tp_proj / ts,
            "weights": strat.weights[0].tolist(),
            "strata": strat.summary_rows()[0]["n_strata"],
            "variants": {r["variant"]: {"plain_mean": p["mean"], "plain_hw": p["half_width"],
                                        "strat_mean": r["mean"], "strat_hw": r["half_width"]}
-                        for p, r in zip(plain.summary_rows(), strat.summary_rows())}}
+                        for p, r in zip(plain_rows, strat.summary_rows())}}
     rows.append(row)
-    capped = (f", capped: {proj} projected ({proj * m:,} images, {tp_proj:.0f} s)"
-              if proj > np_ else "")
-    print(f"BER {ber:.0e}: plain {np_} trials ({np_ * m:,} images, {tp:.0f} s{capped}), stratified "
+    took = "from " + args.plain_from if tp is None else f"{tp:.0f} s"
+    capped = (f", capped: {proj} projected ({proj * m:,} images"
+              + ("" if tp is None else f", {tp_proj:.0f} s") + ")" if proj > np_ else "")
+    wall = "" if tp is None else f", {row['ratio_wall']:.1f}x wall"
+    print(f"BER {ber:.0e}: plain {np_} trials ({np_ * m:,} images, {took}{capped}), stratified "
           f"{ns} trials ({ns * m:,} images, {ts:.0f} s; strata {row['strata']}); ratio "
-          f"{row['ratio_images']:.1f}x images, {row['ratio_wall']:.1f}x wall "
-          f"(warm-up {warm:.0f} s)")
+          f"{row['ratio_images']:.1f}x images{wall} (warm-up {warm:.0f} s)")
     for v, r in row["variants"].items():
       print(f"    {v}: plain {100 * r['plain_mean']:.2f} +- {100 * r['plain_hw']:.2f}, "
             f"stratified {100 * r['strat_mean']:.2f} +- {100 * r['strat_hw']:.2f}")
-  tot = {k: sum(r[k] for r in rows) for k in ("plain_images", "strat_images", "plain_s",
-                                              "strat_s")}
-  print(f"all BERs: plain {tot['plain_images']:,} images in {tot['plain_s']:.0f} s, stratified "
-        f"{tot['strat_images']:,} in {tot['strat_s']:.0f} s (ratios "
-        f"{tot['plain_images'] / tot['strat_images']:.1f}x, "
-        f"{tot['plain_s'] / tot['strat_s']:.1f}x)")
+  if all(r["plain_s"] is not None for r in rows):
+    tot = {k: sum(r[k] for r in rows) for k in ("plain_images", "strat_images", "plain_s",
+                                                "strat_s")}
+    print(f"all BERs: plain {tot['plain_images']:,} images in {tot['plain_s']:.0f} s, "
+          f"stratified {tot['strat_images']:,} in {tot['strat_s']:.0f} s (ratios "
+          f"{tot['plain_images'] / tot['strat_images']:.1f}x, "
+          f"{tot['plain_s'] / tot['strat_s']:.1f}x)")
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"args": vars(args), "rows": rows}, f, indent=1)

@@ -31,10 +31,12 @@ CRIT[50:55, :] = True
 
 def test_parse_critical():
   assert critical.parse_critical("Dense_2:24:32, Conv_0/kernel:31,act2") == [
-      ("Dense_2", 24, 32), ("Conv_0/kernel", 31, 32), ("act2", 0, None)]
-  assert critical.parse_critical("Dense_0::16") == [("Dense_0", 0, 16)]
-  assert critical.parse_critical("Dense_0:8:") == [("Dense_0", 8, None)]
-  for bad in ("", "Dense_0:5:5", "Dense_0:x", " , "):
+      ("Dense_2", 24, 32, None), ("Conv_0/kernel", 31, 32, None), ("act2", 0, None, None)]
+  assert critical.parse_critical("Dense_0::16") == [("Dense_0", 0, 16, None)]
+  assert critical.parse_critical("Dense_0:8:") == [("Dense_0", 8, None, None)]
+  assert critical.parse_critical("Dense_2:24:32:raise,b:lower, c:3 : lower") == [
+      ("Dense_2", 24, 32, "raise"), ("b", 0, None, "lower"), ("c", 3, 4, "lower")]
+  for bad in ("", "Dense_0:5:5", "Dense_0:x", " , ", "Dense_0:1:2:up", "Dense_0:1:2:3"):
     with pytest.raises(ValueError):
       critical.parse_critical(bad)
 
@@ -52,6 +54,43 @@ def test_resolve_against_a_fault_space():
   with pytest.raises(ValueError, match="no bit inside"):
     critical.CriticalSet.resolve(TREE, faults.FaultSpace(bit_lo=0, bit_hi=8), FMT,
                                  [("a", 10, 12)])
+
+
+def test_directed_sets_merge_and_hold_the_raising_positions():
+  # both directions of a bit are every position: the bit becomes an undirected class
+  cs = critical.CriticalSet.from_pairs([("params/b/bias", [0])], [
+      ("params/a/kernel", [3, 4], "raise"), ("params/a/kernel", [4, 5], "lower"),
+      ("params/b/bias", [0, 1], "raise")])
+  assert cs.sites == (("params/a/kernel", (4,)), ("params/b/bias", (0,)))
+  assert cs.directed == (("params/a/kernel", (5,), "lower"), ("params/a/kernel", (3,), "raise"),
+                         ("params/b/bias", (1,), "raise"))
+  assert cs.describe().endswith("params/b/bias:1:raise")
+  with pytest.raises(ValueError, match="direction"):
+    critical.CriticalSet.from_pairs([], [("params/a/kernel", [3], "up")])
+  # worked by hand in q7.8 (two's complement, 8 fraction bits): 1.0 = 0x0100, -1.0 = 0xFF00,
+  # 0.5 = 0x0080. Flipping bit 8 of 1.0 gives 0 (lowers), bit 9 gives 3.0 (raises), the sign
+  # bit 15 gives -127.0 (lowers); of -1.0, bit 8 gives -2.0 (lowers), bit 15 gives 127.0
+  # (raises), bit 9 is set (-1.0 = ...1111 0000 0000) and gives -3.0 (lowers); of 0.5, bit 8
+  # gives 1.5 (raises).
+  tree = {"params": {"w": {"kernel": jnp.asarray([1.0, -1.0, 0.5])}}}
+  raise_ = critical.CriticalSet.resolve(tree, faults.FaultSpace(), FMT,
+                                        critical.parse_critical("w:8:10:raise,w:15:raise"))
+  lower = critical.CriticalSet.resolve(tree, faults.FaultSpace(), FMT,
+                                       critical.parse_critical("w:8:10:lower,w:15:lower"))
+  up = raise_.value_masks(tree, FMT)["params/w/kernel"]
+  down = lower.value_masks(tree, FMT)["params/w/kernel"]
+  np.testing.assert_array_equal(up, [1 << 9, 1 << 15, (1 << 8) | (1 << 9)])
+  np.testing.assert_array_equal(down, [(1 << 8) | (1 << 15), (1 << 8) | (1 << 9), 1 << 15])
+  assert raise_.n_bits(tree, FMT) == 4 and lower.n_bits(tree, FMT) == 5  # together all 9
+  with pytest.raises(ValueError, match="number format"):
+    raise_.n_bits(tree)
+  v, b, m = critical.CriticalSet.positions({"params/w/kernel": up}, ["params/a", "params/w/kernel"],
+                                           [4, 3])
+  np.testing.assert_array_equal(v, [4, 5, 6, 6])  # after the 4 values of the first leaf
+  np.testing.assert_array_equal(b, [9, 15, 8, 9])
+  np.testing.assert_array_equal(m, up)
+  with pytest.raises(ValueError, match="another size"):
+    critical.CriticalSet.positions({"params/w/kernel": up}, ["params/w/kernel"], [4])
 
 
 def test_tail_count_has_the_truncated_binomial_law():
@@ -72,15 +111,33 @@ def test_tail_count_has_the_truncated_binomial_law():
   assert chi2 < sps.chi2.ppf(1 - 1e-4, len(o) - 1), (chi2, o, e)
 
 
-@functools.partial(jax.jit, static_argnames=("cap", "cap_c", "sparse_only"))
-def _run(keys, ber, k_c, cap, cap_c, sparse_only=False):
-  geo = critical._geometry(PATHS, SIZES, C)
-  leaves = [TREE["params"]["a"]["kernel"], TREE["params"]["b"]["bias"],
-            TREE["params"]["b"]["kernel"]]
+# a value-dependent C on random weights: bit 5 of b/bias (every value, a class), and the
+# positions of bits 8-15 of a/kernel whose flip raises the value, of b/kernel's bit 14 lowering
+RAND = {"params": {"a": {"kernel": jax.random.normal(jax.random.PRNGKey(7), (50,))},
+                   "b": {"bias": jax.random.normal(jax.random.PRNGKey(8), (5,)),
+                         "kernel": jax.random.normal(jax.random.PRNGKey(9), (6, 5))}}}
+RAND = jax.tree_util.tree_map(lambda x: FMT.decode(*FMT.encode(x)), RAND)  # exact in q7.8
+C_DIR = critical.CriticalSet.resolve(RAND, faults.FaultSpace(), FMT, critical.parse_critical(
+    "b/bias:5,a:8:16:raise,b/kernel:14:lower"))
+MASKS = C_DIR.value_masks(RAND, FMT)
+DIRECTED = tuple(jnp.asarray(x) for x in critical.CriticalSet.positions(MASKS, PATHS, SIZES))
+CRIT_DIR = np.zeros((sum(SIZES), 16), bool)
+CRIT_DIR[50:55, 5] = True
+CRIT_DIR[:50] = (MASKS["params/a/kernel"][:, None] >> np.arange(16)) & 1
+CRIT_DIR[55:] = (MASKS["params/b/kernel"][:, None] >> np.arange(16)) & 1
+SETS = {"classes": (C, TREE, None, CRIT), "directed": (C_DIR, RAND, DIRECTED, CRIT_DIR)}
+
+
+@functools.partial(jax.jit, static_argnames=("cap", "cap_c", "sparse_only", "which"))
+def _run(keys, ber, k_c, cap, cap_c, sparse_only=False, which="classes"):
+  cs, tree, directed, _ = SETS[which]
+  geo = critical._geometry(PATHS, SIZES, cs, 0 if directed is None else directed[0].size)
+  leaves = [tree["params"]["a"]["kernel"], tree["params"]["b"]["bias"],
+            tree["params"]["b"]["kernel"].reshape(-1)]
   aux = [jnp.float32(1)] * 3
 
   def one(key):
-    kw = dict(fmt=FMT, lo=0, hi=16, cap=cap, cap_c=cap_c, geo=geo)
+    kw = dict(fmt=FMT, lo=0, hi=16, cap=cap, cap_c=cap_c, geo=geo, directed=directed)
     out = critical.stratified_weight_faults(jax.random.fold_in(key, 0), jax.random.fold_in(key, 3),
                                             leaves, aux, ber, k_c, **kw)
     new, n_out, _ = out
@@ -99,13 +156,21 @@ def _unpack(bits):
   return (np.asarray(bits)[..., None] >> np.arange(16)) & 1  # [trials, values, 16]
 
 
+@pytest.mark.parametrize("which", ["classes", "directed"])
 @pytest.mark.parametrize("path", ["sparse", "dense"])
-def test_stratified_faults_split_exactly_at_c(path):
+def test_stratified_faults_split_exactly_at_c(path, which):
+  cs, tree, _, CRIT = SETS[which]
+  N_C = int(CRIT.sum())
+  if which == "directed":
+    assert N_C == cs.n_bits(tree, FMT) and 50 * 8 * 0.3 < CRIT[:50].sum() < 50 * 8 * 0.7
   trials, ber = 3000, 2e-3
   k_c = 3 if path == "sparse" else 20
   caps = dict(cap=64, cap_c=8) if path == "sparse" else dict(cap=1, cap_c=1)
   keys = jax.random.split(jax.random.PRNGKey(1 if path == "sparse" else 2), trials)
-  bits, n_out, ok, same, n_same = _run(keys, ber, k_c, **caps)
+  bits, n_out, ok, same, n_same = _run(keys, ber, k_c, which=which, **caps)
+  clean = np.concatenate([np.asarray(FMT.encode(x.reshape(-1))[0]) for x in
+                          jax.tree_util.tree_leaves(tree)])
+  bits = np.asarray(bits) ^ clean  # the flipped bits
   ok = np.asarray(ok)
   assert ok.all() if path == "sparse" else not ok.any()  # the path under test
   assert np.asarray(same).all() and np.asarray(n_same).all()  # sparse updates == the leaves

@@ -9,6 +9,7 @@ E[acc | K_C = k] = (1 - p)^|D| * E[C(|C| - |C'|, K) / C(|C|, K) | stratum]. Tole
 are fixed, so the test is deterministic.
 """
 
+import functools
 import math
 
 import jax
@@ -18,7 +19,7 @@ import pytest
 from scipy import stats as sps
 
 from proact_jax.faults import critical, strata, stratified
-from test_critical import C, FMT, N_C, PATHS, SIZES
+from test_critical import C, FMT, N_C, PATHS, SIZES, TREE
 
 P, K_MAX = 2e-3, 2
 A = np.zeros((sum(SIZES), 16), bool)
@@ -36,10 +37,18 @@ def _conditional_means():
                    q_d * sum(t * miss(K_MAX + j) for j, t in enumerate(tail))])
 
 
-@jax.jit
-def _outcomes(seeds, hs, ts, table):
+# the same C as position lists: on the zero tree every flip of a/kernel's bits 3 and 12 raises
+# its value, so the directed set holds exactly C's positions, numbered another way
+C_DIRECTED = critical.CriticalSet((C.sites[1],), ((C.sites[0][0], C.sites[0][1], "raise"),))
+DIRECTED = tuple(jnp.asarray(x) for x in critical.CriticalSet.positions(
+    C_DIRECTED.value_masks(TREE, FMT), PATHS, SIZES))
+
+
+@functools.partial(jax.jit, static_argnames="directed")
+def _outcomes(seeds, hs, ts, table, directed=False):
   """The closed-form function on trials keyed as the campaign keys them (seed = campaign key)."""
-  geo = critical._geometry(PATHS, SIZES, C)
+  cs, arrays = (C_DIRECTED, DIRECTED) if directed else (C, None)
+  geo = critical._geometry(PATHS, SIZES, cs, 0 if arrays is None else arrays[0].size)
   leaves = [jnp.zeros((s,)) for s in SIZES]
   amask = jnp.asarray(A)
 
@@ -50,7 +59,8 @@ def _outcomes(seeds, hs, ts, table):
     k_c = jnp.where(h < K_MAX, h, critical.tail_count(jax.random.fold_in(tkey, 4), table, K_MAX))
     new, _, _ = critical.stratified_weight_faults(
         jax.random.fold_in(tkey, 0), jax.random.fold_in(tkey, 3), leaves,
-        [jnp.float32(1)] * 3, P, k_c, fmt=FMT, lo=0, hi=16, cap=32, cap_c=16, geo=geo)
+        [jnp.float32(1)] * 3, P, k_c, fmt=FMT, lo=0, hi=16, cap=32, cap_c=16, geo=geo,
+        directed=arrays)
     bits = jnp.concatenate([FMT.encode(x)[0] for x in new])
     flipped = ((bits[:, None] >> jnp.arange(16, dtype=jnp.uint32)) & 1).astype(bool)
     return (~jnp.any(flipped & amask)).astype(jnp.float32)
@@ -58,7 +68,7 @@ def _outcomes(seeds, hs, ts, table):
   return jax.lax.map(one, (seeds, hs, ts))
 
 
-def _campaigns(n_seeds, total, pilot=8):
+def _campaigns(n_seeds, total, pilot=8, directed=False):
   """``n_seeds`` campaigns with the campaign's own schedule (pilot, Neyman doubling rounds)."""
   w = strata.stratum_weights(N_C, P, K_MAX)
   table = jnp.asarray(strata.tail_thresholds(N_C, P, K_MAX, strata.tail_length(N_C, P, K_MAX)))
@@ -73,16 +83,19 @@ def _campaigns(n_seeds, total, pilot=8):
     for i in range(0, len(todo), size):
       part = todo[i:i + size]
       pad = part + [part[-1]] * (size - len(part))
-      y = np.asarray(_outcomes(*(jnp.asarray(c, jnp.int32) for c in zip(*pad)), table))
+      y = np.asarray(_outcomes(*(jnp.asarray(c, jnp.int32) for c in zip(*pad)), table,
+                               directed=directed))
       for (s, h, t), v in zip(part, y[:len(part)]):
         data[s][h] = np.append(data[s][h], v)
     counts = [stratified._next_counts(w, c, [d], total=total, half_width=None, max_total=total,
                                       grow_min=8, confidence=0.95) for c, d in zip(counts, data)]
 
 
-def test_stratified_estimate_is_exact_and_covers_at_the_nominal_rate():
+@pytest.mark.parametrize("directed", [False, True], ids=["classes", "position-list"])
+def test_stratified_estimate_is_exact_and_covers_at_the_nominal_rate(directed):
+  assert C_DIRECTED.n_bits(TREE, FMT) == N_C and DIRECTED[0].size == 100
   n_seeds, total = 300, 120
-  w, data = _campaigns(n_seeds, total)
+  w, data = _campaigns(n_seeds, total, directed=directed)
   # the sampler: every stratum's pooled mean is its closed-form conditional expectation
   want = _conditional_means()
   assert float(w @ want) == pytest.approx(TRUTH, rel=1e-12)  # the decomposition is exact
@@ -208,7 +221,7 @@ def test_resume_and_batching_give_the_same_trials(digits, reference, tmp_path):
                                  reference.config["strata"]["table_length"])
   acc, _, n_out, k_c, _ = stratified._run_pairs(
       variants["relu"][0], st, "vmap", None, faults.quantize_with_aux(variants["relu"][1]), data,
-      jax.random.PRNGKey(0), 1, BERS[1], table, pairs, 16)
+      jax.random.PRNGKey(0), 1, BERS[1], table, critical.CriticalSet.positions({}, [], []), pairs, 16)
   np.testing.assert_array_equal(acc, t["accuracy"][:16])
   np.testing.assert_array_equal(k_c, t["n_flips_critical"][:16])
 
@@ -297,7 +310,20 @@ def test_cli_vulnerability_map_then_stratified_sweep(digits, tmp_path, capsys):
   with pytest.raises(ValueError, match="--critical-variants proact: not in"):
     critical_set(digits[0]["relu"][1], faults.FaultSpace(), get_format("q15.16"), None, vmap,
                  0.5, ["proact"])
+  # value-dependent: the map cells' raising positions only, about half of their bits
+  up = critical_set(digits[0]["relu"][1], faults.FaultSpace(), get_format("q15.16"), None,
+                    vmap, 0.5, None, "raise")
+  n_all = from_map.n_bits(digits[0]["relu"][1])
+  assert not up.sites and up.directed and all(d == "raise" for _, _, d in up.directed)
+  assert 0.2 * n_all < up.n_bits(digits[0]["relu"][1], get_format("q15.16")) < 0.8 * n_all
+  directed = str(tmp_path / "d.jsonl")
+  assert cli.main(argv[:-1] + [directed, "--critical", "Conv_0:16:32:raise,Dense_1:24:32"]) == 0
+  assert "| relu | 1e-06 | 60 |" in capsys.readouterr().out
+  crit = json.loads(open(directed).readline())["config"]["strata"]["critical"]
+  assert ["params/Conv_0/kernel", list(range(16, 32)), "raise"] in crit
+  assert ["params/Dense_1/bias", list(range(24, 32))] in crit
   assert cli.main(argv + ["--critical", CRITICAL, "--critical-variants", "relu"]) == 2
-  assert "--critical-variants needs --critical-map" in capsys.readouterr().err
+  assert "--critical-variants and --critical-direction need --critical-map" in \
+      capsys.readouterr().err
   assert cli.main(["sweep", "--checkpoint", DIGITS_CKPT[0], "--stratify", "2", "--out", out]) == 2
   assert "needs the critical set" in capsys.readouterr().err

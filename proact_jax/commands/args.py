@@ -128,12 +128,23 @@ def load_variants(checkpoints: list[str]) -> tuple[dict, dict]:
   return variants, entries
 
 
+def critical_from_args(args, variables, space, fmt):
+  """:func:`critical_set` from ``--critical``, ``--critical-map``, ``--critical-threshold``,
+  ``--critical-variants`` and ``--critical-direction`` (sweep and the benchmarks)."""
+  names = args.critical_variants.split(",") if args.critical_variants else None
+  return critical_set(variables, space, fmt, args.critical, args.critical_map,
+                      args.critical_threshold, names, args.critical_direction)
+
+
 def critical_set(variables, space, fmt, specs: list[str] | None, map_path: str | None,
-                 threshold_pp: float, map_variants: list[str] | None = None):
+                 threshold_pp: float, map_variants: list[str] | None = None,
+                 map_direction: str | None = None):
   """The critical set ``C`` of ``sweep --stratify``: ``--critical`` specs and/or the cells of a
   vulnerability map (``--critical-map``) whose mean single-flip drop exceeds ``threshold_pp``
   points (in any of its variants, or of ``map_variants`` only: ``--critical-variants``; weight
-  leaves only), inside the campaign's fault space."""
+  leaves only), inside the campaign's fault space; ``map_direction`` (``raise`` / ``lower``,
+  ``--critical-direction``) keeps only the map cells' positions whose flip moves the clean
+  value that way."""
   import dataclasses
 
   from proact_jax.faults import critical
@@ -141,10 +152,11 @@ def critical_set(variables, space, fmt, specs: list[str] | None, map_path: str |
   from proact_jax.faults.results import fingerprint
   from proact_jax.faults.vulnerability import load_vulnerability
 
-  pairs = []
+  pairs, directed = [], []
   for text in specs or []:
-    pairs += list(critical.CriticalSet.resolve(variables, space, fmt,
-                                               critical.parse_critical(text)).sites)
+    got = critical.CriticalSet.resolve(variables, space, fmt, critical.parse_critical(text))
+    pairs += list(got.sites)
+    directed += list(got.directed)
   if map_path:
     vmap = load_vulnerability(map_path)
     params = fingerprint(variables.get("params", {}))
@@ -163,9 +175,13 @@ def critical_set(variables, space, fmt, specs: list[str] | None, map_path: str |
         c for c in space.collections if c != "thresholds"))
     lo, hi = space.bit_range(fmt)
     leaves = set(faults.fault_leaves(variables, weights)) if weights.collections else set()
-    pairs += [(leaf, [b for b in bits if lo <= b < hi]) for leaf, bits in cells if leaf in leaves]
-  found = critical.CriticalSet.from_pairs(pairs)
-  if not found.sites:
+    cells = [(leaf, [b for b in bits if lo <= b < hi]) for leaf, bits in cells if leaf in leaves]
+    if map_direction:
+      directed += [(leaf, bits, map_direction) for leaf, bits in cells]
+    else:
+      pairs += cells
+  found = critical.CriticalSet.from_pairs(pairs, directed)
+  if not found.sites and not found.directed:
     raise ValueError("the critical set is empty: no map cell above --critical-threshold "
                      f"{threshold_pp} points inside the fault space, and no --critical given")
   return found

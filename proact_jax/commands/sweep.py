@@ -77,9 +77,11 @@ def add_arguments(p):
       "the cap)")
   g.add_argument("--stratify", type=number("--stratify"), default=None, metavar="K_MAX",
                  help="enable stratified sampling with strata 0 .. K_MAX-1 and a tail")
-  g.add_argument("--critical", action="append", default=None, metavar="LAYER[:LO[:HI]],...",
-                 help="critical sites, e.g. Dense_2:24:32 (bits 24-31 of Dense_2's leaves); "
-                      "repeatable")
+  g.add_argument("--critical", action="append", default=None,
+                 metavar="LAYER[:LO[:HI]][:raise|:lower],...",
+                 help="critical sites, e.g. Dense_2:24:32 (bits 24-31 of Dense_2's leaves); a "
+                      ":raise / :lower suffix keeps only the positions whose flip raises / "
+                      "lowers the clean value (Dense_2:24:32:raise); repeatable")
   g.add_argument("--critical-map", default=None, metavar="FILE",
                  help="take C from a `proact vulnerability` map: the weight cells whose mean "
                       "single-flip drop exceeds --critical-threshold")
@@ -90,6 +92,10 @@ def add_arguments(p):
                  help="take the map cells from these of its variants only (default: a cell "
                       "above the threshold in any variant), e.g. the hardened ones when the "
                       "unprotected baseline is destroyed at every BER of interest anyway")
+  g.add_argument("--critical-direction", default=None, choices=["raise", "lower"],
+                 help="keep only the map cells' positions whose flip raises / lowers the clean "
+                      "value (value-dependent C: e.g. the classifier flips that make a weight "
+                      "huge and positive)")
   g.add_argument("--pilot", type=number("--pilot"), default=8,
                  help="first trials in every stratum (>= 2)")
   g.add_argument("--ci-pairs", action="store_true",
@@ -187,15 +193,17 @@ def run(args) -> int:
 
 def _check_stratify(args):
   if args.stratify is None:
-    if args.critical or args.critical_map or args.critical_variants or args.ci_pairs:
-      raise ValueError("--critical, --critical-map, --critical-variants and --ci-pairs need "
-                       "--stratify K_MAX")
+    if (args.critical or args.critical_map or args.critical_variants or args.ci_pairs
+        or args.critical_direction):
+      raise ValueError("--critical, --critical-map, --critical-variants, --critical-direction "
+                       "and --ci-pairs need --stratify K_MAX")
     return
   if args.stratify < 1 or args.pilot < 2:
     raise ValueError(f"--stratify must be >= 1 and --pilot >= 2, got {args.stratify}, "
                      f"{args.pilot}")
-  if args.critical_variants and not args.critical_map:
-    raise ValueError("--critical-variants needs --critical-map")
+  if (args.critical_variants or args.critical_direction) and not args.critical_map:
+    raise ValueError("--critical-variants and --critical-direction need --critical-map (a "
+                     "--critical site takes its direction as a :raise / :lower suffix)")
   if not args.critical and not args.critical_map:
     raise ValueError("--stratify needs the critical set: --critical LAYER:LO:HI and/or "
                      "--critical-map FILE (from proact vulnerability)")
@@ -209,12 +217,10 @@ def _stratified(args, variants, eval_set, bers, fmt, space, extra, max_trials, o
   """``sweep --stratify``: C from --critical / --critical-map, then the stratified campaign."""
   import jax
 
-  from proact_jax.commands.args import critical_set
+  from proact_jax.commands.args import critical_from_args
   from proact_jax.faults.stratified import run_stratified_campaign
 
-  cs = critical_set(next(iter(variants.values()))[1], space, fmt, args.critical,
-                    args.critical_map, args.critical_threshold,
-                    args.critical_variants.split(",") if args.critical_variants else None)
+  cs = critical_from_args(args, next(iter(variants.values()))[1], space, fmt)
   return run_stratified_campaign(
       jax.random.PRNGKey(args.seed), variants, eval_set, bers, max_trials, critical_set=cs,
       k_max=args.stratify, pilot=args.pilot, fmt=fmt, space=space, results_path=out,

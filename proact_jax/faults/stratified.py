@@ -64,26 +64,28 @@ class _Static:
   k_max: int
   cap_c: int
   images: tuple | None
+  n_directed: int = 0  # directed positions of C (CriticalSet.positions), passed as arrays
 
 
 @functools.lru_cache(maxsize=32)
 def _runner(model, st: _Static, mode: str, trial_batch: int | None, n_dev: int, exact: bool):
-  """jit f((clean, aux), data, key, ber_index, ber, table, hs, ts) -> (acc, loss, n_out, k_c,
-  n_t, ok) per trial. ``exact``: copy the tree per trial with the dense fallback (ok always
+  """jit f((clean, aux), data, key, ber_index, ber, table, directed, hs, ts) -> (acc, loss,
+  n_out, k_c, n_t, ok) per trial (``directed``: ``CriticalSet.positions`` arrays). ``exact``: copy the tree per trial with the dense fallback (ok always
   True); else carry it (map mode) and flag trials to rerun."""
   apply_fn = eval_apply(model)
   plan = st.plan
   lo, hi = plan.weights.bit_range(plan.fmt)
 
-  def local(clean, data, key, ber_index, ber, table, hs, ts):
+  def local(clean, data, key, ber_index, ber, table, directed, hs, ts):
     tree, aux = clean
     flat = faults._flat(tree)
     wpaths, wleaves, wauxes = carry.space_leaves(flat, aux, plan.weights, plan.fmt)
     tpaths, tleaves, tauxes = carry.space_leaves(flat, aux, plan.thresholds, plan.fmt)
     geo = critical._geometry(["/".join(p) for p in wpaths], [int(x.size) for x in wleaves],
-                             st.critical)
+                             st.critical, st.n_directed)
     bkey = jax.random.fold_in(jax.random.fold_in(key, ber_index), TAG)
-    kw = dict(fmt=plan.fmt, lo=lo, hi=hi, cap=plan.cap_weights, cap_c=st.cap_c, geo=geo)
+    kw = dict(fmt=plan.fmt, lo=lo, hi=hi, cap=plan.cap_weights, cap_c=st.cap_c, geo=geo,
+              directed=directed)
 
     def keys(x):
       h, t = x[0], x[1]
@@ -140,12 +142,13 @@ def _runner(model, st: _Static, mode: str, trial_batch: int | None, n_dev: int, 
   if n_dev == 1:
     return jax.jit(local)
   mesh = Mesh(np.asarray(jax.devices()[:n_dev]), ("trials",))
-  f = jax.shard_map(local, mesh=mesh, in_specs=(P(),) * 6 + (P("trials"), P("trials")),
+  f = jax.shard_map(local, mesh=mesh, in_specs=(P(),) * 7 + (P("trials"), P("trials")),
                     out_specs=P("trials"), check_vma=False)
   return jax.jit(f)
 
 
-def _call(model, st, mode, trial_batch, exact, clean, data, key, b, ber, table, pairs, size):
+def _call(model, st, mode, trial_batch, exact, clean, data, key, b, ber, table, directed, pairs,
+          size):
   n_dev = jax.device_count()
   size = -(-max(size, len(pairs)) // n_dev) * n_dev
   pad = list(pairs) + [pairs[-1]] * (size - len(pairs))
@@ -155,21 +158,23 @@ def _call(model, st, mode, trial_batch, exact, clean, data, key, b, ber, table, 
     hs, ts = (jax.make_array_from_callback(a.shape, NamedSharding(mesh, P("trials")),
                                            lambda i, a=a: a[i]) for a in (hs, ts))
   f = _runner(model, st, mode, trial_batch, n_dev, exact)
-  out = f(clean, data, key, jnp.int32(b), jnp.float32(ber), jnp.asarray(table), hs, ts)
+  out = f(clean, data, key, jnp.int32(b), jnp.float32(ber), jnp.asarray(table), directed, hs,
+          ts)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     out = multihost_utils.process_allgather(out, tiled=True)
   return [np.asarray(o)[:len(pairs)] for o in out]
 
 
-def _run_pairs(model, st, mode, trial_batch, clean, data, key, b, ber, table, pairs, size):
+def _run_pairs(model, st, mode, trial_batch, clean, data, key, b, ber, table, directed, pairs,
+               size):
   """Runs (stratum, trial) pairs; carried in map mode, with an exact rerun of short trials."""
   carried = mode == "map" and not (trial_batch and trial_batch > 1)
-  out = _call(model, st, mode, trial_batch, not carried, clean, data, key, b, ber, table, pairs,
-              size)
+  out = _call(model, st, mode, trial_batch, not carried, clean, data, key, b, ber, table,
+              directed, pairs, size)
   redo = [i for i, ok in enumerate(out[5]) if not ok]
   if redo:
-    again = _call(model, st, "map", None, True, clean, data, key, b, ber, table,
+    again = _call(model, st, "map", None, True, clean, data, key, b, ber, table, directed,
                   [pairs[i] for i in redo], len(redo))
     for o, a in zip(out, again):
       o[redo] = a
@@ -244,7 +249,7 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
                                              images_per_trial, reference)
   if int(k_max) < 1 or int(pilot) < 2:
     raise ValueError(f"need k_max >= 1 and pilot >= 2, got {k_max} and {pilot}")
-  if not critical_set.sites:
+  if not critical_set.sites and not critical_set.directed:
     raise ValueError("the critical set is empty")
   mode = _resolve_mode(mode)
   fmt = get_format(fmt)
@@ -256,16 +261,26 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
   plans = {n: make_plan(v, fmt, space, max(bers), require_match=False)
            for n, (_, v) in variants.items()}
   n_c = None
+  # a directed C is a fixed position list read from the reference's clean weights, the same
+  # positions for every variant (any fixed C keeps the estimator unbiased and the pairing)
+  masks = critical_set.value_masks(variants[reference][1], fmt) if critical_set.directed else {}
+  directed = {}
   for n, (_, v) in variants.items():
     if plans[n].weights is None:
       raise ValueError(f"variant {n!r} has no weights in the fault space: nothing to stratify")
     paths = faults.fault_leaves(v, plans[n].weights)
-    missing = [p for p, _ in critical_set.sites if p not in paths]
+    sites = critical_set.sites + tuple(d[:2] for d in critical_set.directed)
+    missing = [p for p, _ in sites if p not in paths]
     lo, hi = space.bit_range(fmt)
-    if missing or any(not lo <= b < hi for _, bits in critical_set.sites for b in bits):
+    if missing or any(not lo <= b < hi for _, bits in sites for b in bits):
       raise ValueError(f"critical set {critical_set.describe()} is not inside variant {n!r}'s "
                        f"weight fault space (leaves {missing or 'ok'}, bits [{lo}, {hi}))")
-    n_c = critical_set.n_bits(v)
+    flat = faults._flat(v)
+    directed[n] = tuple(jnp.asarray(a) for a in critical.CriticalSet.positions(
+        masks, paths, [int(np.size(flat[tuple(p.split("/"))])) for p in paths]))
+    n_c = dataclasses.replace(critical_set, directed=()).n_bits(v) + int(directed[n][0].size)
+  if n_c == 0:
+    raise ValueError(f"the critical set {critical_set.describe()} holds no position")
   k_max = int(k_max)
   length = max(strata.tail_length(n_c, b, k_max) for b in bers)
   cap_c = min(n_c, k_max + length - 1)
@@ -305,7 +320,8 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
     store.close()
     raise
   statics = {n: _Static(plans[n], critical_set, k_max, cap_c,
-                        None if m is None else (int(eval_set.n), m)) for n in names}
+                        None if m is None else (int(eval_set.n), m), int(directed[n][0].size))
+             for n in names}
   bar = None
   if progress:
     from tqdm.auto import tqdm
@@ -324,7 +340,7 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
             part = todo[s:s + chunk]
             acc, loss, n_out, k_c, n_t = _run_pairs(
                 variants[name][0], statics[name], mode, trial_batch, clean[name], eval_set, key,
-                b, ber, tables[b], part, chunk)
+                b, ber, tables[b], directed[name], part, chunk)
             store.add_trials(
                 {"type": "trial", "variant": name, "ber_index": b, "ber": ber, "stratum": int(h),
                  "trial": int(t), "accuracy": float(a), "loss": float(lo),
