@@ -2,8 +2,9 @@
 [--format F] [--images N] [--images-per-trial M] [--ci-target PP] [--max-trials N]
 [--layer NAME] [--bits LO:HI] [--no-thresholds-faults] [--activation-faults]
 [--no-weight-faults] [--fault-rule bernoulli|toolbox-floor] [--stop-pairwise] [--seed S]
-[--trial-batch B] [--mode auto|map|vmap] [--stratify K_MAX (--critical LAYER:LO:HI |
---critical-map FILE [--critical-threshold PP]) [--pilot N] [--ci-pairs]] --out FILE
+[--trial-batch B] [--mode auto|map|vmap] [--stratify K_MAX (--critical LAYER:LO:HI[:raise] |
+--critical-map FILE [--critical-threshold PP] [--critical-direction raise|lower]) [--pilot N]
+[--ci-pairs]] --out FILE
 
 Several checkpoints are compared paired (same trial keys); they must share the baseline's params.
 ``--images N`` fixes the evaluation set (N test images); ``--images-per-trial M``
@@ -14,7 +15,8 @@ flips with probability BER, independently for each evaluated image; with ``--no-
 --no-thresholds-faults`` only the activations are hit. They are Bernoulli flips in a plain
 campaign: ``--fault-rule toolbox-floor`` and ``--stratify`` refuse them.
 ``--stratify K_MAX`` stratifies the trials on the number of flips in a critical set of (layer,
-bit) sites (``proact_jax.faults.strata``: exact weights, Neyman allocation, stratified CIs).
+bit) sites (``proact_jax.faults.strata``: exact weights, Neyman allocation, stratified CIs),
+or of their positions whose flip raises (lowers) the clean value (``:raise`` / ``:lower``).
 """
 
 from __future__ import annotations
