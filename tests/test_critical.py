@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from proact_jax.faults import critical, strata
+from proact_jax.faults import critical, critical_faults, strata
 from proact_jax.faults import injection as faults
 from proact_jax.faults.formats import get_format
 
@@ -98,7 +98,7 @@ def test_tail_count_has_the_truncated_binomial_law():
   length = strata.tail_length(n, p, k_max)
   table = jnp.asarray(strata.tail_thresholds(n, p, k_max, length))
   keys = jax.random.split(jax.random.PRNGKey(0), 40_000)
-  k = np.asarray(jax.jit(jax.vmap(lambda key: critical.tail_count(key, table, k_max)))(keys))
+  k = np.asarray(jax.jit(jax.vmap(lambda key: critical_faults.tail_count(key, table, k_max)))(keys))
   assert k.min() >= k_max and k.max() <= k_max + length - 1
   pmf = strata.tail_pmf(n, p, k_max, length)
   obs = np.bincount(k - k_max, minlength=length)
@@ -131,18 +131,18 @@ SETS = {"classes": (C, TREE, None, CRIT), "directed": (C_DIR, RAND, DIRECTED, CR
 @functools.partial(jax.jit, static_argnames=("cap", "cap_c", "sparse_only", "which"))
 def _run(keys, ber, k_c, cap, cap_c, sparse_only=False, which="classes"):
   cs, tree, directed, _ = SETS[which]
-  geo = critical._geometry(PATHS, SIZES, cs, 0 if directed is None else directed[0].size)
+  geo = critical_faults._geometry(PATHS, SIZES, cs, 0 if directed is None else directed[0].size)
   leaves = [tree["params"]["a"]["kernel"], tree["params"]["b"]["bias"],
             tree["params"]["b"]["kernel"].reshape(-1)]
   aux = [jnp.float32(1)] * 3
 
   def one(key):
     kw = dict(fmt=FMT, lo=0, hi=16, cap=cap, cap_c=cap_c, geo=geo, directed=directed)
-    out = critical.stratified_weight_faults(jax.random.fold_in(key, 0), jax.random.fold_in(key, 3),
+    out = critical_faults.stratified_weight_faults(jax.random.fold_in(key, 0), jax.random.fold_in(key, 3),
                                             leaves, aux, ber, k_c, **kw)
     new, n_out, _ = out
     bits = jnp.concatenate([FMT.encode(x.reshape(-1))[0] for x in new])
-    upd, ok, n2, _ = critical.stratified_weight_faults(
+    upd, ok, n2, _ = critical_faults.stratified_weight_faults(
         jax.random.fold_in(key, 0), jax.random.fold_in(key, 3), leaves, aux, ber, k_c,
         sparse_only=True, **kw)
     applied = [x.reshape(-1).at[loc].set(v, mode="drop") for x, (loc, v) in zip(leaves, upd)]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from proact_jax.faults import critical, strata, stratified
+from proact_jax.faults import critical, critical_faults, strata, stratified
 from test_critical import C, FMT, N_C, PATHS, SIZES, TREE
 
 P, K_MAX = 2e-3, 2
@@ -48,7 +48,7 @@ DIRECTED = tuple(jnp.asarray(x) for x in critical.CriticalSet.positions(
 def _outcomes(seeds, hs, ts, table, directed=False):
   """The closed-form function on trials keyed as the campaign keys them (seed = campaign key)."""
   cs, arrays = (C_DIRECTED, DIRECTED) if directed else (C, None)
-  geo = critical._geometry(PATHS, SIZES, cs, 0 if arrays is None else arrays[0].size)
+  geo = critical_faults._geometry(PATHS, SIZES, cs, 0 if arrays is None else arrays[0].size)
   leaves = [jnp.zeros((s,)) for s in SIZES]
   amask = jnp.asarray(A)
 
@@ -56,8 +56,8 @@ def _outcomes(seeds, hs, ts, table, directed=False):
     s, h, t = x
     tkey = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
         jax.random.PRNGKey(s), 0), stratified.TAG), h), t)
-    k_c = jnp.where(h < K_MAX, h, critical.tail_count(jax.random.fold_in(tkey, 4), table, K_MAX))
-    new, _, _ = critical.stratified_weight_faults(
+    k_c = jnp.where(h < K_MAX, h, critical_faults.tail_count(jax.random.fold_in(tkey, 4), table, K_MAX))
+    new, _, _ = critical_faults.stratified_weight_faults(
         jax.random.fold_in(tkey, 0), jax.random.fold_in(tkey, 3), leaves,
         [jnp.float32(1)] * 3, P, k_c, fmt=FMT, lo=0, hi=16, cap=32, cap_c=16, geo=geo,
         directed=arrays)

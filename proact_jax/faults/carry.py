@@ -24,7 +24,7 @@ from flax import traverse_util
 
 from proact_jax.core.evaluate import take_images
 from proact_jax.faults import injection as faults
-from proact_jax.faults.critical import leaf_updates
+from proact_jax.faults.critical_faults import leaf_updates
 from proact_jax.faults.sampling import _sparse_masks, _sparse_pick, sample_count
 from proact_jax.faults.formats import NumberFormat
 from proact_jax.faults.trial import trial_image_indices

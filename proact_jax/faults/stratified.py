@@ -40,7 +40,7 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from proact_jax.faults import carry, critical, strata
+from proact_jax.faults import carry, critical, critical_faults, strata
 from proact_jax.faults import injection as faults
 from proact_jax.faults.campaign import (_batched, _clean_references, _resolve_mode,
                                        header_config)
@@ -81,7 +81,7 @@ def _runner(model, st: _Static, mode: str, trial_batch: int | None, n_dev: int, 
     flat = faults._flat(tree)
     wpaths, wleaves, wauxes = carry.space_leaves(flat, aux, plan.weights, plan.fmt)
     tpaths, tleaves, tauxes = carry.space_leaves(flat, aux, plan.thresholds, plan.fmt)
-    geo = critical._geometry(["/".join(p) for p in wpaths], [int(x.size) for x in wleaves],
+    geo = critical_faults._geometry(["/".join(p) for p in wpaths], [int(x.size) for x in wleaves],
                              st.critical, st.n_directed)
     bkey = jax.random.fold_in(jax.random.fold_in(key, ber_index), TAG)
     kw = dict(fmt=plan.fmt, lo=lo, hi=hi, cap=plan.cap_weights, cap_c=st.cap_c, geo=geo,
@@ -91,7 +91,7 @@ def _runner(model, st: _Static, mode: str, trial_batch: int | None, n_dev: int, 
       h, t = x[0], x[1]
       tkey = jax.random.fold_in(jax.random.fold_in(bkey, h), t)
       k_c = jnp.where(h < st.k_max, h,
-                      critical.tail_count(jax.random.fold_in(tkey, 4), table, st.k_max))
+                      critical_faults.tail_count(jax.random.fold_in(tkey, 4), table, st.k_max))
       return tkey, k_c
 
     def evaluate_fn(variables, x, extra):
@@ -113,7 +113,7 @@ def _runner(model, st: _Static, mode: str, trial_batch: int | None, n_dev: int, 
     if not exact:
       def updates(x):
         tkey, k_c = keys(x)
-        wu, ok_w, n_out, _ = critical.stratified_weight_faults(
+        wu, ok_w, n_out, _ = critical_faults.stratified_weight_faults(
             jax.random.fold_in(tkey, 0), jax.random.fold_in(tkey, 3), wleaves, wauxes, ber, k_c,
             sparse_only=True, **kw)
         tu, ok_t, n_t = threshold_updates(tkey)
@@ -124,7 +124,7 @@ def _runner(model, st: _Static, mode: str, trial_batch: int | None, n_dev: int, 
 
     def one(x):
       tkey, k_c = keys(x)
-      new, n_out, _ = critical.stratified_weight_faults(
+      new, n_out, _ = critical_faults.stratified_weight_faults(
           jax.random.fold_in(tkey, 0), jax.random.fold_in(tkey, 3), wleaves, wauxes, ber, k_c,
           **kw)
       variables = dict(flat)
