@@ -243,6 +243,46 @@ def test_sequential_mode_targets_means_and_differences(digits):
   assert [r["n"] for r in tight.summary_rows()] == [48] * 4  # never met: runs to max_trials
 
 
+def test_stratified_pvalue_by_hand_and_in_the_results(digits, reference):
+  # by hand: t = 0.02 / 0.01 = 2 on 10 degrees of freedom
+  assert strata.stratified_pvalue({"mean": 0.02, "var": 1e-4, "dof": 10.0}) == pytest.approx(
+      2 * sps.t.sf(2.0, 10))
+  assert strata.stratified_pvalue({"mean": 0.0, "var": 0.0, "dof": 5.0}) == 1.0
+  assert strata.stratified_pvalue({"mean": 0.1, "var": 0.0, "dof": 5.0}) == 0.0
+  assert math.isnan(strata.stratified_pvalue({"mean": 0.1, "var": math.inf, "dof": 5.0}))
+  # a stratified file's pairwise p-values come from the stratified difference, not from a
+  # plain paired t-test of trials allocated unequally across strata
+  d = reference.paired("ranger", "relu", 0)
+  want = strata.stratified_pvalue(d)
+  assert reference.paired_pvalue("ranger", "relu", 0) == pytest.approx(want)
+  rows = reference.pairwise_rows(exclude=())
+  assert rows[0]["p_value"] == pytest.approx(want)
+
+
+def test_stop_pairwise_decides_every_pair_of_protected_variants(digits):
+  """A third variant (Ranger's thresholds halved): the one protected pair must end decided at
+  every BER (Holm x 2 BERs excludes 0, or its half-width is within the target) before the cap;
+  relu's mean has no target."""
+  import jax.tree_util as jtu
+  variants, data, cs = digits
+  model, v = variants["ranger"]
+  half = jtu.tree_map(lambda x: x, dict(v))
+  half["thresholds"] = jtu.tree_map(lambda t: 0.5 * t, v["thresholds"])
+  three = {**variants, "ranger_half": (model, half)}
+  target = 3.0
+  res = stratified.run_stratified_campaign(jax.random.PRNGKey(2), three, data, BERS, 2000,
+                                           critical_set=cs, pilot=4, ci_target=target,
+                                           stop_pairwise=True, **KW)
+  for b in range(2):
+    d = res.paired("ranger_half", "ranger", b)
+    p = min(1.0, 2 * strata.stratified_pvalue(d))
+    assert p <= 0.05 or d["half_width"] <= target / 100, (b, d, p)
+    assert d["n"] < 2000
+  with pytest.raises(ValueError, match="stop_pairwise needs ci_target"):
+    stratified.run_stratified_campaign(jax.random.PRNGKey(2), three, data, BERS, 100,
+                                       critical_set=cs, stop_pairwise=True, **KW)
+
+
 def test_a_network_gets_the_flax_models_trials(digits):
   """A stratified campaign takes any network: the relu model wrapped as a function (same leaf
   paths, hence the same critical set and keys) gives exactly the Flax model's trials, paired

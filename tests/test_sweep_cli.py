@@ -87,6 +87,12 @@ def test_sweep_images_per_trial(ckpts, capsys, tmp_path):
     (["--activation-faults", "--stratify", "2", "--critical", "Conv_0:16:32"],
      "does not combine with --stratify"),
     (["--no-weight-faults", "--no-thresholds-faults"], "nothing to inject"),
+    (["--stratify", "2", "--critical", "Conv_0:16:32", "--fault-rule", "toolbox-floor"],
+     "does not combine with --fault-rule toolbox-floor"),
+    (["--stratify", "2", "--critical", "Conv_0:16:32", "--ci-target", "1", "--stop-pairwise",
+      "--ci-pairs"], "choose one"),
+    (["--critical-direction", "raise"], "need --stratify"),
+    (["--stratify", "2", "--critical", "Conv_0:16:32:up"], "expected LAYER[:LO[:HI]]"),
 ])
 def test_bad_inputs_exit_2_with_one_line(ckpts, capsys, args, msg):
   out = ckpts["existing"]

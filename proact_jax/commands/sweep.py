@@ -159,10 +159,11 @@ def run(args) -> int:
     raise ValueError(f"--max-trials {max_trials} is below --trials {args.trials}")
   extra = campaign_extra(entries, images=args.images, seed=args.seed)  # what proact report needs
   if args.stratify is not None:
-    if args.fault_rule != "bernoulli" or args.stop_pairwise:
-      raise ValueError("--stratify samples Bernoulli flips and has its own pairwise target "
-                       "(--ci-pairs): it does not combine with --fault-rule toolbox-floor or "
-                       "--stop-pairwise")
+    if args.fault_rule != "bernoulli":
+      raise ValueError("--stratify samples Bernoulli flips: it does not combine with "
+                       "--fault-rule toolbox-floor")
+    if args.stop_pairwise and args.ci_pairs:
+      raise ValueError("--stop-pairwise and --ci-pairs are two pairwise targets: choose one")
     result = _stratified(args, variants, eval_set, bers, fmt, space, extra, max_trials, out)
   else:
     result = campaign.run_campaign(
@@ -228,4 +229,5 @@ def _stratified(args, variants, eval_set, bers, fmt, space, extra, max_trials, o
       k_max=args.stratify, pilot=args.pilot, fmt=fmt, space=space, results_path=out,
       ci_target=args.ci_target, ci_pairs=args.ci_pairs, max_trials=max_trials,
       chunk=args.chunk, progress=not args.quiet, config_extra=extra,
-      trial_batch=args.trial_batch, mode=args.mode, images_per_trial=args.images_per_trial)
+      trial_batch=args.trial_batch, mode=args.mode, images_per_trial=args.images_per_trial,
+      stop_pairwise=args.stop_pairwise)

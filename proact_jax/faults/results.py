@@ -342,6 +342,12 @@ class StratifiedResult(CampaignResult):
     d = strata.stratified_difference(xa, xb, self.weights[ber_index], self.confidence)
     return None if not math.isfinite(d["mean"]) else d
 
+  def paired_pvalue(self, a: str, b: str, ber_index: int) -> float:
+    """Two-sided p-value of the stratified paired difference a - b (Welch-Satterthwaite t;
+    the trials are allocated per stratum, so the plain paired t-test does not apply)."""
+    d = self.paired(a, b, ber_index)
+    return math.nan if d is None else strata.stratified_pvalue(d)
+
 
 STRATA_FIELDS = ("variant", "ber_index", "stratum", "trial")
 

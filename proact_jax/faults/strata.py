@@ -48,6 +48,7 @@ import numpy as np
 from scipy import stats as sps
 
 __all__ = ["allocation_sigmas", "grow_counts", "neyman_allocation", "stratified_difference",
+           "stratified_pvalue",
            "stratified_summary", "stratum_weights", "tail_length", "tail_pmf", "tail_thresholds",
            "target_allocation"]
 
@@ -210,6 +211,20 @@ def stratified_difference(a: Sequence[Sequence[float]], b: Sequence[Sequence[flo
                        f"{y.size}")
     diffs.append(x - y)
   return stratified_summary(diffs, weights, confidence)
+
+
+def stratified_pvalue(summary: dict) -> float:
+  """Two-sided p-value of ``mean = 0`` from a :func:`stratified_summary` (of paired
+  differences): ``2 P(T_dof > |mean| / sqrt(var))`` with the Welch-Satterthwaite degrees of
+  freedom (normal when infinite); 1 when the variance is 0 and the mean 0, 0 when the variance is
+  0 and the mean not; nan when the summary has no interval."""
+  mean, var, dof = summary["mean"], summary["var"], summary["dof"]
+  if not (math.isfinite(mean) and math.isfinite(var)):
+    return math.nan
+  if var == 0.0:
+    return 1.0 if mean == 0.0 else 0.0
+  z = abs(mean) / math.sqrt(var)
+  return float(2.0 * (sps.t.sf(z, dof) if math.isfinite(dof) else sps.norm.sf(z)))
 
 
 # --------------------------------------------------------------------------- allocation

@@ -190,6 +190,27 @@ def _targets(samples: dict, pairs: Sequence[tuple[str, str]]) -> list[list[np.nd
   return out
 
 
+def _undecided(samples: dict, w: np.ndarray, half_width: float, confidence: float,
+               family: int) -> list[list[np.ndarray]]:
+  """``stop_pairwise``: the targets still open at this BER. Every pair of the protected
+  variants (all but ``relu``) is decided once its stratified paired difference excludes 0
+  after Holm over the pairs, times ``family`` (the BERs, decided one after another), at level
+  ``1 - confidence``, or has a half-width within ``half_width``; returns the per-stratum
+  differences of the open pairs (with fewer than 2 protected variants: their open means)."""
+  from proact_jax.faults import stats
+  names = [v for v in samples if v != "relu"]
+  if len(names) < 2:
+    return [samples[v] for v in names
+            if not strata.stratified_summary(samples[v], w, confidence)["half_width"]
+            <= half_width]
+  diffs = _targets(samples, [(a, b) for j, a in enumerate(names) for b in names[:j]])
+  diffs = diffs[len(samples):]
+  sums = [strata.stratified_summary(d, w, confidence) for d in diffs]
+  p = stats.holm([strata.stratified_pvalue(x) for x in sums]) * max(1, int(family))
+  return [d for d, x, q in zip(diffs, sums, p)
+          if not (q <= 1.0 - confidence or x["half_width"] <= half_width)]
+
+
 def _next_counts(w: np.ndarray, counts: np.ndarray, targets: list, *, total: int | None,
                  half_width: float | None, max_total: int, grow_min: int,
                  confidence: float) -> np.ndarray:
@@ -218,7 +239,8 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
                             config_extra: dict | None = None, reference: str | None = None,
                             trial_batch: int | None = None, mode: str = "auto",
                             confidence: float = 0.95, on_chunk: Callable | None = None,
-                            images_per_trial: int | None = None) -> StratifiedResult:
+                            images_per_trial: int | None = None,
+                            stop_pairwise: bool = False) -> StratifiedResult:
   """A paired campaign stratified on the flips in ``critical_set`` (module docstring).
 
   Args:
@@ -232,6 +254,12 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
     pilot: first trials in each stratum of positive weight (at least 2).
     ci_target: sequential mode, the half-width target in points (0.5 = half a point).
     ci_pairs: sequential mode: every pair of variants' difference must reach the target too.
+    stop_pairwise: sequential mode, instead of the variant means: a BER stops once every
+      pairwise difference between the protected variants (all but ``relu``) excludes 0 after
+      Holm (x the number of BERs) or has a half-width within ``ci_target``, as
+      ``run_campaign(stop_pairwise=True)`` with the stratified estimator; the allocation aims
+      at the open pairs. The p-values are not corrected for the repeated looks (a screening
+      rule; report the final Holm p-values of ``pairwise_rows``).
     max_trials: sequential mode: at most this many trials per BER.
     chunk: trials per compiled call (default 32); also the smallest growth of a round.
     on_chunk: optional ``f(variant, ber_index, [(stratum, trial), ...])`` after each saved chunk.
@@ -247,6 +275,8 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
   """
   bers, m, reference = check_campaign_inputs(variants, bers, trials, ci_target, eval_set.n,
                                              images_per_trial, reference)
+  if stop_pairwise and (ci_target is None or ci_pairs):
+    raise ValueError("stop_pairwise needs ci_target and replaces ci_pairs")
   if int(k_max) < 1 or int(pilot) < 2:
     raise ValueError(f"need k_max >= 1 and pilot >= 2, got {k_max} and {pilot}")
   if not critical_set.sites and not critical_set.directed:
@@ -311,6 +341,7 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
     config["image_key"] = "fold_in(trial_key, 2): permutation(n)[:images_per_trial]"
   run = {"trials": int(trials), "ci_target": ci_target, "ci_pairs": bool(ci_pairs),
          "pilot": int(pilot), "max_trials": max_trials, "chunk": chunk, "mode": mode,
+         **({"stop_pairwise": True} if stop_pairwise else {}),
          "trial_batch": trial_batch, "devices": jax.device_count(), "reference": reference}
   store = ResultsStore(results_path, config, run, write=jax.process_index() == 0,
                        key_fields=STRATA_FIELDS)
@@ -362,7 +393,11 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
           mean = strata.stratified_summary(samples[reference], w)["mean"]
           bar.set_postfix(ber=f"{ber:.0e}", n=int(counts.sum()), mean=f"{100 * mean:.2f}%",
                           hw=f"{100 * max(widths):.2f}pp")
-        if sequential and max(widths) <= ci_target / 100.0:
+        if sequential and stop_pairwise:
+          targets = _undecided(samples, w, ci_target / 100.0, confidence, len(bers))
+          if not targets:
+            break
+        elif sequential and max(widths) <= ci_target / 100.0:
           break
         nxt = _next_counts(w, counts, targets, total=None if sequential else budget,
                            half_width=ci_target / 100.0 if sequential else None,
