@@ -279,11 +279,13 @@ TABLE4B = _GROUP + (
     ("Holm p <= 0.05", lambda r: "yes" if r["p_holm"] <= 0.05 else "no"))
 
 
-def _table4b_title(rows: Sequence[dict]) -> str:
+def _table4b_title(rows: Sequence[dict], stratified: bool = False) -> str:
   fams = {}
   for r in rows:
     fams.setdefault(f"{r['model']} / {r['dataset']}", r["family_size"])
-  return ("Table IV-b: paired differences between protected variants (paired t-test; Holm "
+  test = ("paired t-test; stratified campaigns: the stratified paired difference's t with "
+          "Welch-Satterthwaite degrees of freedom" if stratified else "paired t-test")
+  return ("Table IV-b: paired differences between protected variants (" + test + "; Holm "
           "family: all method pairs x BERs in this table, " + ", ".join(
               f"m = {m} for {n}" for n, m in fams.items()) + ")")
 
@@ -343,7 +345,8 @@ def write_report(paths: Sequence[str], out_dir: str, bers: Sequence[float] | Non
         ("table4_faults", "Table IV: accuracy drop under faults (reference: " + ", ".join(
             f"{g.campaign.reference} for {g.name}" for g in campaigns) + ")",
          table4_rows(groups, bers), TABLE4),
-        ("table4b_pairwise", _table4b_title(t4b), t4b, TABLE4B))] + tables
+        ("table4b_pairwise", _table4b_title(t4b, any(hasattr(g.campaign, "weights")
+                                                     for g in campaigns)), t4b, TABLE4B))] + tables
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
