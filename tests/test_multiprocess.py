@@ -74,3 +74,22 @@ def test_distributed_options_go_together(capsys):
   rc = cli.main(["--num-processes", "2", "sweep", "--checkpoint", "x", "--out", "y"])
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 2 and len(err) == 1 and "go together" in err[0]
+
+
+def test_stratified_campaign_on_two_devices_equals_one(tmp_path):
+  """The sharded stratified runner (a directed critical set's position arrays replicated, the
+  (stratum, trial) pairs sharded) gives the one-device trials."""
+  base = str(tmp_path / "base")
+  model = pj.create_model("small_cnn", 10)
+  ckpt.save_checkpoint(base, model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1))), META)
+  argv = ["sweep", "--bers", "1e-4", "--trials", "40", "--images", "200", "--quiet",
+          "--stratify", "2", "--pilot", "4", "--critical", "Dense_1:24:32:raise,Conv_0:16:32",
+          "--checkpoint", base]
+  paths = [str(tmp_path / f"d{n}.jsonl") for n in (1, 2)]
+  for path, devices in zip(paths, (1, 2)):
+    r = subprocess.run(_proact(*argv, "--out", path), env=_env(devices), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+  one, two = _trials(paths[0]), _trials(paths[1])
+  assert len(one) == 40 and one == two
+  assert {r["stratum"] for r in one} == {0, 1, 2}
