@@ -72,9 +72,10 @@ Stages and budgets (``--scale F`` multiplies every threshold-training epoch coun
                (plain; the stratified rule needed 3.8x fewer trials at 1e-6 in the benchmark).
   classifier-<rule> the same with faults in Dense_2 only (the unprotectable classifier),
                at most 300 trials per BER.
-  vulnerability  single-flip accuracy drop per (leaf, bit column) for every variant, 8 trials x
-               256 random test images per cell, heatmaps (issue 12): 16 weight leaves x 6
-               columns (+ threshold sites) per variant. Measured for baseline + Ranger below.
+  vulnerability  (right after fitact) single-flip accuracy drop per (leaf, bit column) for the
+               five variants of the paper's Table IV (baseline, Ranger, FT-ClipAct, ProAct,
+               FitAct), 8 trials x 256 random test images per cell, heatmaps (issue 12): 16
+               weight leaves x 6 columns (+ threshold sites) per variant.
   activations  Table V data: per-layer faults at BER 1e-4, 5 trials x 256 images. ~4 min.
   report-<rule> proact report into RESULTS/<rule>/ (files of different fault rules are not
                merged): Tables II-V with Holm p-values, figures.
@@ -165,11 +166,18 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
                     *common],
   }
   ckpts = [os.path.join(base, "model")]
+  vmap = os.path.join(R, "vulnerability.jsonl")
   for name, args in methods.items():
     out = os.path.join(W, "faithful", name)
     stages.append((f"harden-{name}", ["harden", "--checkpoint", ckpts[0], *args, *data,
                                       "--out", out, "--quiet"], os.path.join(out, "meta.json")))
     ckpts.append(out)
+    if name == "fitact":  # the five variants of the paper's Table IV: their maps (issue 12)
+      stages.append(("vulnerability", [
+          "vulnerability", *sum((["--checkpoint", c] for c in ckpts), []), *data,
+          "--bit-groups", VULN_GROUPS, "--trials", "2" if smoke else "8",
+          "--images-per-trial", "32" if smoke else "256", "--out", vmap, "--quiet"],
+          vmap[:-len(".jsonl")] + ".summary.csv"))
   variants = sum((["--checkpoint", c] for c in ckpts), [])
   bers = "1e-4,1e-3" if smoke else PAPER_BERS
   seq = lambda cap: (["--trials", "4", "--max-trials", "8", "--chunk", "4",
@@ -198,11 +206,6 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   stages.append(("activations", ["activations", *variants, *data, "--ber", "1e-4" if not smoke
                                  else "1e-3", "--trials", "1" if smoke else "5", "--images",
                                  "16" if smoke else "256", "--out", acts], acts))
-  vmap = os.path.join(R, "vulnerability.jsonl")
-  stages.append(("vulnerability", ["vulnerability", *variants, *data, "--bit-groups",
-                                   VULN_GROUPS, "--trials", "2" if smoke else "8",
-                                   "--images-per-trial", "32" if smoke else "256", "--out", vmap,
-                                   "--quiet"], vmap[:-len(".jsonl")] + ".summary.csv"))
   for rule in RULES:
     inputs = [os.path.join(R, f"campaign_{rule}.jsonl")] + ([acts] if rule == "bernoulli"
                                                            else [])
