@@ -2,8 +2,10 @@
 
   python benchmarks/bench_stratified.py --checkpoint DIR [--checkpoint DIR2 ...] \
       [--bers 1e-7,3e-7,1e-6,3e-6,1e-5,3e-5] [--target 0.5] [--images-per-trial 512] \
-      (--critical LAYER:LO:HI,... | --critical-map MAP.jsonl [--critical-threshold 0.5]) \
-      [--stratify 3] [--pilot 8] [--ci-pairs] [--max-trials 20000] [--chunk 32] [--json OUT]
+      (--critical LAYER:LO:HI[:raise],... | --critical-map MAP.jsonl [--critical-threshold 0.5]
+       [--critical-direction raise]) [--stratify 3] [--pilot 8] [--ci-pairs] \
+      [--max-trials 20000] [--plain-max-trials N | --plain-from EARLIER.json] [--chunk 32] \
+      [--json OUT]
 
 For each BER, side by side in one run and on the same checkpoints (paired variants):
 
