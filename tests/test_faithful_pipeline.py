@@ -123,3 +123,24 @@ def test_record_hardened_keeps_accuracy_and_the_search(tmp_path):
                             "tried": [{"gamma": 0.01, "epochs": 2},
                                       {"gamma": 0.001, "epochs": 2}]}]
   assert rec["spent_epochs"] == 4
+
+
+def test_a_resumed_stage_sums_the_time_of_every_invocation(tmp_path):
+  import json
+  import subprocess
+  import sys
+
+  import pytest
+  mod = _load()
+  work = str(tmp_path)
+  # an earlier invocation was killed after 100 s: its time is on the clock
+  (tmp_path / "stage_clock.json").write_text(json.dumps({"harden-fitact": [100.0, 1]}))
+  sleep = [sys.executable, "-c", "import time; time.sleep(0.5)"]
+  spent, calls = mod.run_timed("harden-fitact", sleep, work, poll=0.1)
+  assert calls == 2 and 100.5 <= spent < 130
+  clock = json.loads((tmp_path / "stage_clock.json").read_text())
+  assert clock["harden-fitact"][1] == 2 and clock["harden-fitact"][0] == pytest.approx(spent,
+                                                                                      abs=0.2)
+  with pytest.raises(subprocess.CalledProcessError):
+    mod.run_timed("other", [sys.executable, "-c", "raise SystemExit(3)"], work, poll=0.1)
+  assert json.loads((tmp_path / "stage_clock.json").read_text())["other"][1] == 1
