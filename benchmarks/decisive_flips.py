@@ -1,6 +1,6 @@
 """Which single flips are decisive: the direction of the flip, from a vulnerability map.
 
-  python benchmarks/decisive_flips.py --map results/cifar10_alexnet/vulnerability_relu_ranger.jsonl \
+  python benchmarks/decisive_flips.py --map results/cifar10_alexnet/vulnerability.jsonl \
       --checkpoint runs/cifar10_alexnet/faithful/ranger --variant ranger \
       [--leaf params/Dense_2/kernel --leaf params/Dense_2/bias] [--min-bit 24] [--format q15.16]
 

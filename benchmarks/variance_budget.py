@@ -1,6 +1,6 @@
 """Where a campaign's variance comes from, per vulnerability-map cell, and what stratifying on C can gain.
 
-  python benchmarks/variance_budget.py --map results/cifar10_alexnet/vulnerability_relu_ranger.jsonl \
+  python benchmarks/variance_budget.py --map results/cifar10_alexnet/vulnerability.jsonl \
       --checkpoint runs/cifar10_alexnet/faithful/ranger --variant ranger --ber 1e-6 \
       --images-per-trial 256 --accuracy 0.69 \
       [--critical "Dense_2:24:32:raise,Dense_2/bias:16:24:raise"] [--top 12]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -165,7 +166,9 @@ def plot_vulnerability(result, path: str | Sequence[str], variant: str,
   ax.set_xticks(range(len(groups)), labels, fontsize=7, rotation=90)
   ax.set_xlabel("bit position (0 = least significant)")
   fig.colorbar(im, ax=ax, label="mean accuracy drop (pp)")
-  ax.set_title(title or f"single-flip accuracy drop: {variant}", fontsize=9)
+  width = fig.get_figwidth()  # wrap the title to the figure (about 11 characters per inch)
+  ax.set_title(textwrap.fill(title or f"single-flip accuracy drop: {variant}",
+                             max(20, int(11 * width))), fontsize=9)
   return save_figure(fig, path)
 
 
