@@ -116,7 +116,8 @@ def main(argv=None) -> int:
   key = jax.random.PRNGKey(args.seed)
   print(f"jax {jax.__version__}, {jax.default_backend()}, {jax.device_count()} device(s); "
         f"{meta['model']} / {meta['dataset']}, variants {', '.join(variants)}, {data.n} test "
-        f"images, {m} per trial, target {args.target} pp; C = {cs.n_bits(next(iter(variants.values()))[1], fmt)} "
+        f"images, {m} per trial, target {args.target} pp; "
+        f"C = {cs.n_bits(next(iter(variants.values()))[1], fmt)} "
         f"bits ({cs.describe()[:200]}), K_MAX {args.stratify}")
   rows = []
   for ber in parse_bers(args.bers):

@@ -138,8 +138,8 @@ def _run(keys, ber, k_c, cap, cap_c, sparse_only=False, which="classes"):
 
   def one(key):
     kw = dict(fmt=FMT, lo=0, hi=16, cap=cap, cap_c=cap_c, geo=geo, directed=directed)
-    out = critical_faults.stratified_weight_faults(jax.random.fold_in(key, 0), jax.random.fold_in(key, 3),
-                                            leaves, aux, ber, k_c, **kw)
+    out = critical_faults.stratified_weight_faults(
+        jax.random.fold_in(key, 0), jax.random.fold_in(key, 3), leaves, aux, ber, k_c, **kw)
     new, n_out, _ = out
     bits = jnp.concatenate([FMT.encode(x.reshape(-1))[0] for x in new])
     upd, ok, n2, _ = critical_faults.stratified_weight_faults(

@@ -304,8 +304,8 @@ class CampaignResult:
 class StratifiedResult(CampaignResult):
   """A stratified campaign's trials (``trials[v][b]`` also holds ``stratum`` and
   ``n_flips_critical``) summarised with the stratified estimator (:mod:`proact_jax.strata`):
-  means, intervals and paired differences use the exact stratum weights ``weights[b]``;
-  ``mean_flips`` is the stratified mean of the flip counts."""
+  means, intervals, paired differences and their p-values use the exact stratum weights
+  ``weights[b]``; ``mean_flips`` is the stratified mean of the flip counts."""
   weights: list = dataclasses.field(default_factory=list)
 
   def _samples(self, v: str, b: int, field: str = "accuracy") -> list[np.ndarray]:
@@ -342,9 +342,7 @@ class StratifiedResult(CampaignResult):
     d = strata.stratified_difference(xa, xb, self.weights[ber_index], self.confidence)
     return None if not math.isfinite(d["mean"]) else d
 
-  def paired_pvalue(self, a: str, b: str, ber_index: int) -> float:
-    """Two-sided p-value of the stratified paired difference a - b (Welch-Satterthwaite t;
-    the trials are allocated per stratum, so the plain paired t-test does not apply)."""
+  def paired_pvalue(self, a: str, b: str, ber_index: int) -> float:  # stratified, not plain t
     d = self.paired(a, b, ber_index)
     return math.nan if d is None else strata.stratified_pvalue(d)
 

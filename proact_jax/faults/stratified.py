@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from typing import Callable
 
 import chex
 import jax
@@ -49,6 +49,7 @@ from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
 from proact_jax.faults.neuron_faults import ACTIVATIONS
 from proact_jax.faults.results import (STRATA_FIELDS, ResultsStore, StratifiedResult,
                                 result_from_store, strata_arrays)
+from proact_jax.faults.stratified_rounds import _next_counts, _targets, _undecided
 from proact_jax.faults.trial import FaultPlan, check_campaign_inputs, make_plan
 from proact_jax.faults.trial import trial_image_indices
 
@@ -70,8 +71,9 @@ class _Static:
 @functools.lru_cache(maxsize=32)
 def _runner(model, st: _Static, mode: str, trial_batch: int | None, n_dev: int, exact: bool):
   """jit f((clean, aux), data, key, ber_index, ber, table, directed, hs, ts) -> (acc, loss,
-  n_out, k_c, n_t, ok) per trial (``directed``: ``CriticalSet.positions`` arrays). ``exact``: copy the tree per trial with the dense fallback (ok always
-  True); else carry it (map mode) and flag trials to rerun."""
+  n_out, k_c, n_t, ok) per trial (``directed``: ``CriticalSet.positions`` arrays). ``exact``:
+  copy the tree per trial with the dense fallback (ok always True); else carry it (map mode)
+  and flag trials to rerun."""
   apply_fn = eval_apply(model)
   plan = st.plan
   lo, hi = plan.weights.bit_range(plan.fmt)
@@ -81,8 +83,8 @@ def _runner(model, st: _Static, mode: str, trial_batch: int | None, n_dev: int, 
     flat = faults._flat(tree)
     wpaths, wleaves, wauxes = carry.space_leaves(flat, aux, plan.weights, plan.fmt)
     tpaths, tleaves, tauxes = carry.space_leaves(flat, aux, plan.thresholds, plan.fmt)
-    geo = critical_faults._geometry(["/".join(p) for p in wpaths], [int(x.size) for x in wleaves],
-                             st.critical, st.n_directed)
+    geo = critical_faults._geometry(["/".join(p) for p in wpaths],
+                                    [int(x.size) for x in wleaves], st.critical, st.n_directed)
     bkey = jax.random.fold_in(jax.random.fold_in(key, ber_index), TAG)
     kw = dict(fmt=plan.fmt, lo=lo, hi=hi, cap=plan.cap_weights, cap_c=st.cap_c, geo=geo,
               directed=directed)
@@ -181,52 +183,6 @@ def _run_pairs(model, st, mode, trial_batch, clean, data, key, b, ber, table, di
   n = data.n if st.images is None else st.images[1]
   acc = np.rint(out[0].astype(np.float64) * n) / n
   return acc, out[1], out[2], out[3], out[4]
-
-
-def _targets(samples: dict, pairs: Sequence[tuple[str, str]]) -> list[list[np.ndarray]]:
-  """Per target (each variant, then each pair's difference), its per-stratum samples."""
-  out = list(samples.values())
-  out += [[x - y for x, y in zip(samples[a], samples[b])] for a, b in pairs]
-  return out
-
-
-def _undecided(samples: dict, w: np.ndarray, half_width: float, confidence: float,
-               family: int) -> list[list[np.ndarray]]:
-  """``stop_pairwise``: the targets still open at this BER. Every pair of the protected
-  variants (all but ``relu``) is decided once its stratified paired difference excludes 0
-  after Holm over the pairs, times ``family`` (the BERs, decided one after another), at level
-  ``1 - confidence``, or has a half-width within ``half_width``; returns the per-stratum
-  differences of the open pairs (with fewer than 2 protected variants: their open means)."""
-  from proact_jax.faults import stats
-  names = [v for v in samples if v != "relu"]
-  if len(names) < 2:
-    return [samples[v] for v in names
-            if not strata.stratified_summary(samples[v], w, confidence)["half_width"]
-            <= half_width]
-  diffs = _targets(samples, [(a, b) for j, a in enumerate(names) for b in names[:j]])
-  diffs = diffs[len(samples):]
-  sums = [strata.stratified_summary(d, w, confidence) for d in diffs]
-  p = stats.holm([strata.stratified_pvalue(x) for x in sums]) * max(1, int(family))
-  return [d for d, x, q in zip(diffs, sums, p)
-          if not (q <= 1.0 - confidence or x["half_width"] <= half_width)]
-
-
-def _next_counts(w: np.ndarray, counts: np.ndarray, targets: list, *, total: int | None,
-                 half_width: float | None, max_total: int, grow_min: int,
-                 confidence: float) -> np.ndarray:
-  """The next round's trials per stratum (module docstring); ``counts`` when done."""
-  done = int(counts.sum())
-  sig = np.array([strata.allocation_sigmas(t, w) for t in targets])
-  if half_width is None:
-    goal = min(int(total), max(2 * done, done + 1))
-    return strata.neyman_allocation(w, np.sqrt(np.mean(sig ** 2, 0)), goal, lower=counts)
-  room = max(0, max_total - done)
-  want = strata.target_allocation(w, sig, half_width, confidence, lower=counts)
-  nxt = strata.grow_counts(counts, want, min(max(grow_min, done), room))
-  if int(nxt.sum()) == done and room:  # the plan says enough but the intervals disagree
-    nxt = strata.neyman_allocation(w, np.sqrt(np.mean(sig ** 2, 0)), done + min(grow_min, room),
-                                   lower=counts)
-  return nxt
 
 
 def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet, bers,
