@@ -2,7 +2,8 @@
 Eq. 9, corrected statistics. Every stage resumes (a finished stage is skipped when re-run), and
 each stage's exact command and wall time goes to RESULTS/stages.json (the time summed over the
 invocations of a stage that was interrupted and resumed; WORK/stage_clock.json keeps the running
-total).
+total). Wall time includes any time the job was paused (SIGSTOP) to give the cores to a timing
+benchmark or a CI check; results/README.md says where that happened.
 
 ``--model resnet20`` (or vgg16) runs the same stages on the second architecture of Table IV
 (issue 14 item 7) into runs/cifar10_MODEL and results/cifar10_MODEL. VGG-16 is not the default
