@@ -274,3 +274,20 @@ def test_sweep_header_carries_variant_metadata(tmp_path, capsys):
   written = report.write_report([out], str(tmp_path / "rep"))
   assert read_csv(written["table2_clean_drop.csv"])[0]["source"] == "checkpoint"
   capsys.readouterr()
+
+
+def test_the_paper_table_pairs_our_cells_with_the_papers():
+  from proact_jax.report import paper
+  row = lambda v, ber, model="alexnet": {  # noqa: E731
+      "model": model, "dataset": "cifar10", "ber": ber, "variant": v, "n": 40,
+      "baseline_accuracy": 0.81, "drop": 0.05, "drop_ci_low": 0.03, "drop_ci_high": 0.07}
+  t4 = [row("proact", 1e-6), row("fitact", 1.0000000001e-6), row("relu", 1e-6),
+        row("proact", 3e-6), row("proact-2", 1e-6), row("proact", 1e-6, "vgg16")]
+  got = paper.paper_rows(t4, {("alexnet", "cifar10"): "toolbox-floor"})
+  # only the paper's cells (AlexNet / CIFAR-10 at 1e-6; VGG-16 is at 3e-6 there) and methods
+  assert [(r["method"], r["ber"]) for r in got] == [("proact", 1e-6), ("fitact", 1.0000000001e-6)]
+  assert got[0]["paper_drop"] == 2.52 and got[1]["paper_drop"] == 4.34
+  assert got[0]["paper_baseline"] == 81.67 and got[0]["fault_rule"] == "toolbox-floor"
+  assert paper.paper_rows(t4, {})[0]["fault_rule"] == "bernoulli"
+  cells = [fn(got[0]) for _, fn in paper.PAPER4]
+  assert "2.52 (81.67 %)" in cells and "5.00 [3.00, 7.00] (81.00 %)" in cells

@@ -15,6 +15,9 @@ Definitions (accuracies are top-1 fractions; tables print percent / percentage p
 * Table IV-b, paired differences between protected variants: paired t-test p-values, raw and
   Holm-adjusted (step-down) over the family of every method pair x BER in the table for that
   model; an ordering is claimed only where the Holm p-value is <= 0.05.
+* Table IV beside the paper's: at the paper's (model, dataset, BER) cells, its printed drops
+  (no intervals) next to our Table IV drop with its CI, under the campaign's fault rule
+  (:mod:`proact_jax.report.paper`).
 * Table V, mean squared L2 distance ``||a_faulty - a_clean||^2`` per image, faults in one layer
   at a time (:mod:`proact_jax.activation_stats`): averaged over all activation sites (Eq. 9)
   and, as a second column, at the last activation site; per-site breakdown
@@ -36,7 +39,7 @@ from typing import Sequence
 from proact_jax.core.files import json_differences
 from proact_jax.faults.results import CampaignResult, load_results
 from proact_jax.faults import stats
-from proact_jax.report import plots
+from proact_jax.report import paper, plots
 from proact_jax.report.table5 import _variants, table5  # noqa: F401  (table5 re-exported)
 from proact_jax.report.table_format import (  # noqa: F401  (markdown_table re-exported)
     _ber, _ci, _col, _md, _num, _pct, csv_text, markdown_table)
@@ -346,7 +349,11 @@ def write_report(paths: Sequence[str], out_dir: str, bers: Sequence[float] | Non
             f"{g.campaign.reference} for {g.name}" for g in campaigns) + ")",
          table4_rows(groups, bers), TABLE4),
         ("table4b_pairwise", _table4b_title(t4b, any(hasattr(g.campaign, "weights")
-                                                     for g in campaigns)), t4b, TABLE4B))] + tables
+                                                     for g in campaigns)), t4b, TABLE4B),
+        ("table4p_paper", "Table IV beside the paper's (its drops have no intervals; ours: the "
+         "campaign's fault rule, 95 % CI)", paper.paper_rows(table4_rows(groups, bers), {
+             (g.model, g.dataset): g.campaign.config.get("fault_rule", "bernoulli")
+             for g in campaigns}), paper.PAPER4))] + tables
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
