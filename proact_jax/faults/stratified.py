@@ -345,12 +345,14 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
           samples[name] = [arr["accuracy"][arr["stratum"] == h] for h in range(len(w))]
         targets = _targets(samples, pairs)
         widths = [strata.stratified_summary(t, w, confidence)["half_width"] for t in targets]
+        if sequential and stop_pairwise:
+          targets = _undecided(samples, w, ci_target / 100.0, confidence, len(bers))
         if bar is not None:
           mean = strata.stratified_summary(samples[reference], w)["mean"]
           bar.set_postfix(ber=f"{ber:.0e}", n=int(counts.sum()), mean=f"{100 * mean:.2f}%",
-                          hw=f"{100 * max(widths):.2f}pp")
+                          hw=f"{100 * max(widths):.2f}pp",
+                          **({"open": len(targets)} if sequential and stop_pairwise else {}))
         if sequential and stop_pairwise:
-          targets = _undecided(samples, w, ci_target / 100.0, confidence, len(bers))
           if not targets:
             break
         elif sequential and max(widths) <= ci_target / 100.0:
