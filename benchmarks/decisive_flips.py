@@ -5,9 +5,10 @@
       [--leaf params/Dense_2/kernel --leaf params/Dense_2/bias] [--min-bit 24] [--format q15.16]
 
 Each trial row of a ``proact vulnerability`` map names the flipped value and bit. This reads the
-value's stored word from the checkpoint and splits the trials by what the flip does to it:
-**raises** (a 0 -> 1 flip below the sign bit, or the sign bit of a negative value: the value
-becomes large and positive) or **lowers** (the other flips: large and negative). It prints the
+value's stored word from the checkpoint and splits the trials by what the flip does to it,
+with the rule of a directed critical set (``CriticalSet.value_masks``): **raises** (the decoded
+value grows; in two's complement a 0 -> 1 flip below the sign bit, or the sign bit of a negative
+value) or **lowers** (the other flips). It prints the
 drop's distribution per class and E[D^2] / Var(D) for all trials together and per class: the
 factor that bounds what count strata can gain (docs/benchmarks.md), so it says whether a critical
 set split by direction would pay.
@@ -22,14 +23,6 @@ import sys
 import numpy as np
 
 
-def classify(word: int, bit: int, sign_bit: int) -> str:
-  """'raises' or 'lowers': the effect on a two's-complement word of flipping ``bit``."""
-  set_ = (word >> bit) & 1
-  if bit == sign_bit:
-    return "raises" if set_ else "lowers"
-  return "lowers" if set_ else "raises"
-
-
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--map", required=True)
@@ -41,28 +34,26 @@ def main(argv=None) -> int:
   p.add_argument("--format", default="q15.16")
   args = p.parse_args(argv)
 
-  from flax import traverse_util
-
+  from proact_jax.faults.critical import CriticalSet
   from proact_jax.faults.formats import get_format
   from proact_jax.training.checkpoint import load_checkpoint
 
   fmt = get_format(args.format)
-  if fmt.kind not in ("fixed", "int8"):
-    p.error(f"--format {args.format}: the raise/lower split is for two's-complement formats")
   _, variables, _ = load_checkpoint(args.checkpoint)
-  flat = {"/".join(k): np.asarray(v).ravel()
-          for k, v in traverse_util.flatten_dict(dict(variables)).items()}
-  words = {k: np.asarray(fmt.encode(v)[0]).astype(np.int64) for k, v in flat.items()}
-  rows = []
+  trials = []
   with open(args.map) as f:
     for line in f:
       r = json.loads(line)
       if r.get("type") != "trial" or r["variant"] != args.variant or r["bit"] < args.min_bit:
         continue
-      if (args.leaf and r["leaf"] not in args.leaf) or r["leaf"] not in words:
-        continue
-      word = int(words[r["leaf"]][r["value"]])
-      rows.append((classify(word, r["bit"], fmt.bits - 1), 100.0 * r["drop"], r["leaf"], r["bit"]))
+      if not args.leaf or r["leaf"] in args.leaf:
+        trials.append(r)
+  leaves = sorted({r["leaf"] for r in trials})
+  # the positions whose flip raises the stored value (CriticalSet's rule, any format)
+  raises = CriticalSet.from_pairs([], [(leaf, range(fmt.bits), "raise") for leaf in leaves]
+                                  ).value_masks(variables, fmt)
+  rows = [("raises" if (int(raises[r["leaf"]][r["value"]]) >> r["bit"]) & 1 else "lowers",
+           100.0 * r["drop"], r["leaf"], r["bit"]) for r in trials]
   if not rows:
     print("no trial rows matched", file=sys.stderr)
     return 2

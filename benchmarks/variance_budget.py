@@ -54,12 +54,9 @@ def main(argv=None) -> int:
           traverse_util.flatten_dict(dict(variables)).items()}
   inside = {}  # leaf -> per-value mask of C's bits
   if args.critical:
-    cs = critical.CriticalSet.resolve(variables, faults.FaultSpace(), fmt,
-                                      critical.parse_critical(args.critical))
-    for path, bits in cs.sites:
-      inside[path] = np.full(flat[path].size, sum(1 << b for b in bits), np.uint32)
-    for path, m in cs.value_masks(variables, fmt).items():
-      inside[path] = inside.get(path, np.zeros(m.size, np.uint32)) | m
+    inside = critical.CriticalSet.resolve(variables, faults.FaultSpace(), fmt,
+                                          critical.parse_critical(args.critical)).masks(
+                                              variables, fmt)
   cells: dict[tuple, list] = {}
   with open(args.map) as f:
     for line in f:

@@ -17,6 +17,7 @@ import dataclasses
 import re
 from typing import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -138,8 +139,18 @@ class CriticalSet:
     if self.directed:
       if fmt is None:
         raise ValueError("a directed critical set needs the number format to count its bits")
-      n += int(sum(np.sum(_popcount(m)) for m in self.value_masks(variables, fmt).values()))
+      n += int(sum(_popcount(m) for m in self.value_masks(variables, fmt).values()))
     return n
+
+  def masks(self, variables, fmt: NumberFormat) -> dict[str, np.ndarray]:
+    """Per leaf of ``C``, the uint32 mask of its critical bits per value: the classes' bits on
+    every value, or'ed with the directed positions (:meth:`value_masks`)."""
+    flat = faults._flat(variables)
+    out = self.value_masks(variables, fmt)
+    for path, bits in self.sites:
+      size = int(np.size(flat[tuple(path.split("/"))]))
+      out[path] = out.get(path, np.zeros(size, np.uint32)) | np.uint32(sum(1 << b for b in bits))
+    return out
 
   def value_masks(self, variables, fmt: NumberFormat) -> dict[str, np.ndarray]:
     """Per directed leaf, the uint32 mask of its critical bits per value: bit ``b`` of value
@@ -203,9 +214,9 @@ class CriticalSet:
                      + [f"{p}:{_ranges(b)}:{d}" for p, b, d in self.directed])
 
 
-def _popcount(m: np.ndarray) -> np.ndarray:
-  return np.unpackbits(np.ascontiguousarray(m, np.uint32).view(np.uint8)).reshape(
-      m.size, 32).sum(1)
+def _popcount(m: np.ndarray) -> int:
+  """Set bits over a uint32 array."""
+  return int(np.asarray(jax.lax.population_count(jnp.asarray(m, jnp.uint32))).sum())
 
 
 def _ranges(bits: Sequence[int]) -> str:
