@@ -354,19 +354,18 @@ def run_timed(name: str, argv: list[str], work: str, poll: float = 30.0) -> tupl
   Raises:
     subprocess.CalledProcessError: the command failed (its time so far stays on the clock).
   """
+  from proact_jax.core.files import write_json_atomic
   path = os.path.join(work, "stage_clock.json")
   clock = json.load(open(path)) if os.path.exists(path) else {}
   before, calls = clock.get(name, [0.0, 0])
   calls += 1
-
-  def save(total):
-    clock[name] = [total, calls]
-    os.makedirs(work, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-      json.dump(clock, f, indent=2)
-    os.replace(path + ".tmp", path)
-
   t = time.time()
+
+  def save() -> float:
+    clock[name] = [before + time.time() - t, calls]
+    write_json_atomic(path, clock)
+    return clock[name][0]
+
   proc = subprocess.Popen(argv)
   try:
     while True:
@@ -374,15 +373,15 @@ def run_timed(name: str, argv: list[str], work: str, poll: float = 30.0) -> tupl
         code = proc.wait(timeout=poll)
         break
       except subprocess.TimeoutExpired:
-        save(before + time.time() - t)
+        save()
   finally:
     if proc.poll() is None:  # interrupted here: stop the stage, keep its time
       proc.terminate()
       proc.wait()
-    save(before + time.time() - t)
+    total = save()
   if code != 0:
     raise subprocess.CalledProcessError(code, argv)
-  return before + time.time() - t, calls
+  return total, calls
 
 
 def main(argv=None) -> int:

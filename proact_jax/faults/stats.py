@@ -176,8 +176,17 @@ def pairwise_should_stop(samples: Sequence[Sequence[float]], target_half_width: 
     return False
   pairs = [(i, j) for j in range(len(arrays)) for i in range(j)]
   diffs = [arrays[j][:n] - arrays[i][:n] for i, j in pairs]
-  p_adj = np.minimum(1.0, holm([paired_pvalue(d, np.zeros(n)) for d in diffs])
-                     * max(1, int(family_multiplier)))
-  alpha = 1.0 - confidence
-  return all(p <= alpha or summarize(d, confidence)["half_width"] <= target_half_width
-             for p, d in zip(p_adj, diffs))
+  return all(decided([paired_pvalue(d, np.zeros(n)) for d in diffs],
+                     [summarize(d, confidence)["half_width"] for d in diffs],
+                     target_half_width, confidence, family_multiplier))
+
+
+def decided(pvalues: Sequence[float], half_widths: Sequence[float], target_half_width: float,
+            confidence: float = 0.95, family_multiplier: int = 1) -> list[bool]:
+  """The paired stopping rule's verdict per comparison: its p-value, Holm-adjusted over the
+  comparisons given and multiplied by ``family_multiplier``, is <= ``1 - confidence``, or its
+  half-width is <= the target (:func:`pairwise_should_stop`; the stratified campaign applies it
+  to stratified tests)."""
+  p_adj = np.minimum(1.0, holm(pvalues) * max(1, int(family_multiplier)))
+  return [bool(p <= 1.0 - confidence or h <= target_half_width)
+          for p, h in zip(p_adj, half_widths)]

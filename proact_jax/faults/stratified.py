@@ -250,7 +250,7 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
   # a directed C is a fixed position list read from the reference's clean weights, the same
   # positions for every variant (any fixed C keeps the estimator unbiased and the pairing)
   masks = critical_set.value_masks(variants[reference][1], fmt) if critical_set.directed else {}
-  directed = {}
+  directed, layouts = {}, {}
   for n, (_, v) in variants.items():
     if plans[n].weights is None:
       raise ValueError(f"variant {n!r} has no weights in the fault space: nothing to stratify")
@@ -262,8 +262,11 @@ def run_stratified_campaign(key: chex.PRNGKey, variants: dict, eval_set: EvalSet
       raise ValueError(f"critical set {critical_set.describe()} is not inside variant {n!r}'s "
                        f"weight fault space (leaves {missing or 'ok'}, bits [{lo}, {hi}))")
     flat = faults._flat(v)
-    directed[n] = tuple(jnp.asarray(a) for a in critical.CriticalSet.positions(
-        masks, paths, [int(np.size(flat[tuple(p.split("/"))])) for p in paths]))
+    layout = (tuple(paths), tuple(int(np.size(flat[tuple(p.split("/"))])) for p in paths))
+    same = next((directed[m] for m, lay in layouts.items() if lay == layout), None)
+    layouts[n] = layout  # variants of one architecture share the position arrays
+    directed[n] = same or tuple(jnp.asarray(a) for a in critical.CriticalSet.positions(
+        masks, *layout))
     n_c = dataclasses.replace(critical_set, directed=()).n_bits(v) + int(directed[n][0].size)
   if n_c == 0:
     raise ValueError(f"the critical set {critical_set.describe()} holds no position")

@@ -13,37 +13,40 @@ import numpy as np
 from proact_jax.faults import stats, strata
 
 
+def _differences(samples: dict, pairs: Sequence[tuple[str, str]]) -> list[list[np.ndarray]]:
+  """Per pair (a, b), the per-stratum paired differences a - b."""
+  return [[x - y for x, y in zip(samples[a], samples[b])] for a, b in pairs]
+
+
 def _targets(samples: dict, pairs: Sequence[tuple[str, str]]) -> list[list[np.ndarray]]:
   """Per target (each variant, then each pair's difference), its per-stratum samples."""
-  out = list(samples.values())
-  out += [[x - y for x, y in zip(samples[a], samples[b])] for a, b in pairs]
-  return out
+  return list(samples.values()) + _differences(samples, pairs)
 
 
 def _undecided(samples: dict, w: np.ndarray, half_width: float, confidence: float,
                family: int) -> list[list[np.ndarray]]:
   """``stop_pairwise``: the targets still open at this BER. Every pair of the protected
-  variants (all but ``relu``) is decided once its stratified paired difference excludes 0
-  after Holm over the pairs, times ``family`` (the BERs, decided one after another), at level
-  ``1 - confidence``, or has a half-width within ``half_width``; returns the per-stratum
-  differences of the open pairs (with fewer than 2 protected variants: their open means)."""
+  variants (all but ``relu``) is decided by :func:`stats.decided` on its stratified paired
+  difference (Holm over the pairs, times ``family``: the BERs, decided one after another);
+  returns the per-stratum differences of the open pairs (with fewer than 2 protected variants:
+  their open means)."""
   names = [v for v in samples if v != "relu"]
   if len(names) < 2:
     return [samples[v] for v in names
             if not strata.stratified_summary(samples[v], w, confidence)["half_width"]
             <= half_width]
-  diffs = _targets(samples, [(a, b) for j, a in enumerate(names) for b in names[:j]])
-  diffs = diffs[len(samples):]
+  diffs = _differences(samples, [(a, b) for j, a in enumerate(names) for b in names[:j]])
   sums = [strata.stratified_summary(d, w, confidence) for d in diffs]
-  p = stats.holm([strata.stratified_pvalue(x) for x in sums]) * max(1, int(family))
-  return [d for d, x, q in zip(diffs, sums, p)
-          if not (q <= 1.0 - confidence or x["half_width"] <= half_width)]
+  done = stats.decided([strata.stratified_pvalue(x) for x in sums],
+                       [x["half_width"] for x in sums], half_width, confidence, family)
+  return [d for d, ok in zip(diffs, done) if not ok]
 
 
 def _next_counts(w: np.ndarray, counts: np.ndarray, targets: list, *, total: int | None,
                  half_width: float | None, max_total: int, grow_min: int,
                  confidence: float) -> np.ndarray:
-  """The next round's trials per stratum (module docstring); ``counts`` when done."""
+  """The next round's trials per stratum (the schedule in :mod:`stratified`'s docstring);
+  ``counts`` when done."""
   done = int(counts.sum())
   sig = np.array([strata.allocation_sigmas(t, w) for t in targets])
   if half_width is None:

@@ -37,7 +37,7 @@ import re
 from typing import Sequence
 
 from proact_jax.core.files import json_differences
-from proact_jax.faults.results import CampaignResult, load_results
+from proact_jax.faults.results import CampaignResult, StratifiedResult, load_results
 from proact_jax.faults import stats
 from proact_jax.report import paper, plots
 from proact_jax.report.table5 import _variants, table5  # noqa: F401  (table5 re-exported)
@@ -340,20 +340,19 @@ def write_report(paths: Sequence[str], out_dir: str, bers: Sequence[float] | Non
   tables = [("table5_activation_distance", "Table V: mean squared L2 distance of activations",
              *reversed(table5(groups)))]
   if campaigns:
-    t4b = table4b_rows(groups, bers)
+    t4, t4b = table4_rows(groups, bers), table4b_rows(groups, bers)
+    rules = {(g.model, g.dataset): g.campaign.config.get("fault_rule", "bernoulli")
+             for g in campaigns}
     tables = [(name, title, _md(rows, cols), rows) for name, title, rows, cols in (
         ("table2_clean_drop", "Table II: clean accuracy drop vs the baseline",
          table2_rows(groups), TABLE2),
         ("table3_memory", "Table III: memory overhead", table3_rows(groups), TABLE3),
         ("table4_faults", "Table IV: accuracy drop under faults (reference: " + ", ".join(
-            f"{g.campaign.reference} for {g.name}" for g in campaigns) + ")",
-         table4_rows(groups, bers), TABLE4),
-        ("table4b_pairwise", _table4b_title(t4b, any(hasattr(g.campaign, "weights")
+            f"{g.campaign.reference} for {g.name}" for g in campaigns) + ")", t4, TABLE4),
+        ("table4b_pairwise", _table4b_title(t4b, any(isinstance(g.campaign, StratifiedResult)
                                                      for g in campaigns)), t4b, TABLE4B),
         ("table4p_paper", "Table IV beside the paper's (its drops have no intervals; ours: the "
-         "campaign's fault rule, 95 % CI)", paper.paper_rows(table4_rows(groups, bers), {
-             (g.model, g.dataset): g.campaign.config.get("fault_rule", "bernoulli")
-             for g in campaigns}), paper.PAPER4))] + tables
+         "campaign's fault rule, 95 % CI)", paper.paper_rows(t4, rules), paper.PAPER4))] + tables
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
