@@ -1,13 +1,14 @@
 """Campaign cost ratios, measured in one run (by hand; not a test).
 
   python benchmarks/bench_campaign.py [--images 512] [--trials 3] [--bers 1e-7,1e-4] \
-      [--skip-vmap] [--checkpoint /tmp/x/base/model] [--images-per-trial 500] [--only-budget]
+      [--skip-vmap] [--copying] [--checkpoint /tmp/x/base/model] [--images-per-trial 500] [--only-budget]
 
 ``--checkpoint``: a trained digits small_cnn for (d); ``--only-budget`` runs (d) alone.
 
 (a) campaign time / (clean forward time of the same images x trials), AlexNet, BER 1e-7..1e-4,
-with the corrupted tree carried through the trials (the default map mode) and with a fresh copy
-per trial (``_run_trials(carried=False)``), side by side;
+with the static flip caps sized per BER (``trial.plan_at``, the default) and at the largest BER
+(as before), side by side; ``--copying`` adds a fresh tree copy per trial
+(``_run_trials(carried=False)``) instead of the carried tree;
 (b) lax.map vs vmap trial batching; (c) corrupting one copy (pre-quantised path as the campaign
 uses it, and the re-encoding path of ``flip_bits`` on unquantised variables) vs one forward batch
 of 256;
@@ -28,7 +29,7 @@ import numpy as np
 
 import proact_jax as pj
 from proact_jax.core.evaluate import _evaluate_jit, eval_apply, make_eval_set
-from proact_jax.faults import campaign
+from proact_jax.faults import campaign, trial
 from proact_jax.faults import injection as faults
 
 from budget_plan import trials_needed, variance_terms  # benchmarks/ is on sys.path when run
@@ -46,7 +47,8 @@ def _time(f, repeat=3):
   return float(np.median(ts))
 
 
-def bench_alexnet(n_images: int, trials: int, vmap_trials: int, bers: list[float]):
+def bench_alexnet(n_images: int, trials: int, vmap_trials: int, bers: list[float],
+                  copying: bool = False):
   model = pj.create_model("alexnet", 10)
   v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (n_images, 32, 32, 3)))
@@ -57,20 +59,35 @@ def bench_alexnet(n_images: int, trials: int, vmap_trials: int, bers: list[float
   print(f"AlexNet, {n_images} images: clean forward {fwd:.3f} s")
   plan = campaign.make_plan(v, "q15.16", None, max(bers))
   key = jax.random.PRNGKey(2)
-  t0 = time.perf_counter()
-  for carried in (True, False):
-    campaign._run_trials(model, plan, clean, data, key, 0, bers[0], [0], "map", None,
-                         size=trials, carried=carried)
-  print(f"compile + first chunk (carried and copying paths): {time.perf_counter() - t0:.1f} s")
+
+  def run(i, ber, n, carried=True, full_caps=False):
+    """Trials 0..n-1; ``full_caps``: the static caps at the largest BER (no ``plan_at``)."""
+    old = trial._MIN_SHRINK
+    trial._MIN_SHRINK = 1 << 62 if full_caps else old
+    try:
+      return campaign._run_trials(model, plan, clean, data, key, i, ber, range(n), "map", None,
+                                  carried=carried)
+    finally:
+      trial._MIN_SHRINK = old
+
   ratios = {}
   for i, ber in enumerate(bers):
-    t, tcopy = (_time(lambda c=c: campaign._run_trials(model, plan, clean, data, key, i, ber,
-                                                       range(trials), "map", None, carried=c),
-                      repeat=2) for c in (True, False))
+    t0 = time.perf_counter()
+    run(i, ber, trials)
+    run(i, ber, trials, full_caps=True)
+    if copying:
+      run(i, ber, trials, carried=False)
+    print(f"BER {ber:.0e}: compile + first chunks {time.perf_counter() - t0:.1f} s")
+    t, tfull = (_time(lambda f=f: run(i, ber, trials, full_caps=f), repeat=2)
+                for f in (False, True))
     ratios[ber] = t / (fwd * trials)
     print(f"(a) BER {ber:.0e}: {t:.2f} s for {trials} trials; ratio {ratios[ber]:.3f} "
-          f"(carried tree; copying a fresh tree per trial: {tcopy:.2f} s, ratio "
-          f"{tcopy / (fwd * trials):.3f}; {1e3 * (tcopy - t) / trials:.1f} ms per trial saved)")
+          f"(caps at the largest BER: {tfull:.2f} s, ratio {tfull / (fwd * trials):.3f}; "
+          f"{1e3 * (tfull - t) / trials:.1f} ms per trial saved by per-BER caps)")
+    if copying:
+      tcopy = _time(lambda: run(i, ber, trials, carried=False), repeat=2)
+      print(f"    copying a fresh tree per trial: {tcopy:.2f} s, ratio "
+            f"{tcopy / (fwd * trials):.3f}; {1e3 * (tcopy - t) / trials:.1f} ms per trial saved")
   small = make_eval_set(x[:256], y[:256], 256)
   if vmap_trials:
     tm = _time(lambda: campaign._run_trials(model, plan, clean, small, key, 2, 1e-5,
@@ -132,6 +149,7 @@ def main():
   p.add_argument("--trials", type=int, default=3)
   p.add_argument("--vmap-trials", type=int, default=2)
   p.add_argument("--skip-vmap", action="store_true", help="skip (b)")
+  p.add_argument("--copying", action="store_true", help="(a): also time a tree copy per trial")
   p.add_argument("--bers", default="1e-7,1e-6,1e-5,1e-4", help="comma-separated, for (a)")
   p.add_argument("--checkpoint", default=None, help="trained digits small_cnn for (d)")
   p.add_argument("--max-trials", type=int, default=500)
@@ -145,7 +163,7 @@ def main():
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, {jax.device_count()} device(s)")
   if not args.only_budget:
     bench_alexnet(args.images, args.trials, 0 if args.skip_vmap else args.vmap_trials,
-                  [float(b) for b in args.bers.split(",")])
+                  [float(b) for b in args.bers.split(",")], args.copying)
   if args.checkpoint:
     bench_budget(args.checkpoint, args.max_trials, args.target, args.images_per_trial)
 

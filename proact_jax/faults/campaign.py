@@ -34,9 +34,9 @@ whole eval set.
 
 The clean tree is quantised once (``faults.quantize_with_aux``: it keeps the clean int8 scales);
 trials inject into it with ``prequantized=True``, encoding only the hit values. The BER is a
-traced argument with a static flip cap (``faults.default_cap`` at the largest BER), so one
-compilation serves every BER. Note the candidate draws depend on the cap, hence on the largest
-BER of the campaign: the BER list is part of a campaign's configuration.
+traced argument; the static flip caps are sized per BER (``trial.plan_at``: the same trials as
+with the caps at the largest BER, which the header records, drawing and sorting far fewer
+candidates at low BER), so BERs whose caps round to the same power of two share a compilation.
 
 Batching (``mode``): ``"map"`` runs trials one after another, carrying one corrupted tree
 through a ``lax.scan`` and restoring only the previous trial's values before writing the next
@@ -69,7 +69,7 @@ from proact_jax.faults import neuron_faults
 from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
 from proact_jax.faults.results import (CampaignResult, ResultsStore, fingerprint, load_results,
                                        result_from_store)
-from proact_jax.faults.trial import (FaultPlan, check_bers, check_campaign_inputs,
+from proact_jax.faults.trial import (FaultPlan, check_bers, check_campaign_inputs, plan_at,
                                      check_images_per_trial, corrupt, make_plan,
                                      trial_image_indices)
 
@@ -154,7 +154,7 @@ def _run_trials(model, plan, clean, data: EvalSet, key, ber_index: int, ber: flo
   if carried is None:  # the carried tree implements the Bernoulli sampler only
     carried = (mode == "map" and not (trial_batch and trial_batch > 1)
                and plan.rule == "bernoulli")
-  f = _runner(model, plan, mode, trial_batch, n_dev, images, carried, act_plan)
+  f = _runner(model, plan_at(plan, ber), mode, trial_batch, n_dev, images, carried, act_plan)
   if n_dev > 1:
     mesh = Mesh(np.asarray(jax.devices()), ("trials",))
     idx = jax.make_array_from_callback(idx.shape, NamedSharding(mesh, P("trials")),

@@ -50,7 +50,7 @@ from proact_jax.faults.neuron_faults import ACTIVATIONS
 from proact_jax.faults.results import (STRATA_FIELDS, ResultsStore, StratifiedResult,
                                 result_from_store, strata_arrays)
 from proact_jax.faults.stratified_rounds import _next_counts, _targets, _undecided
-from proact_jax.faults.trial import FaultPlan, check_campaign_inputs, make_plan
+from proact_jax.faults.trial import FaultPlan, check_campaign_inputs, make_plan, plan_at
 from proact_jax.faults.trial import trial_image_indices
 
 __all__ = ["StratifiedResult", "run_stratified_campaign"]
@@ -159,7 +159,8 @@ def _call(model, st, mode, trial_batch, exact, clean, data, key, b, ber, table, 
     mesh = Mesh(np.asarray(jax.devices()), ("trials",))
     hs, ts = (jax.make_array_from_callback(a.shape, NamedSharding(mesh, P("trials")),
                                            lambda i, a=a: a[i]) for a in (hs, ts))
-  f = _runner(model, st, mode, trial_batch, n_dev, exact)
+  f = _runner(model, dataclasses.replace(st, plan=plan_at(st.plan, ber)), mode, trial_batch,
+              n_dev, exact)
   out = f(clean, data, key, jnp.int32(b), jnp.float32(ber), jnp.asarray(table), directed, hs,
           ts)
   if jax.process_count() > 1:

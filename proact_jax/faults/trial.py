@@ -1,7 +1,8 @@
 """One trial's fault plan: what a campaign trial corrupts, with which key, on which images.
 
 A :class:`FaultPlan` splits a fault space into the weights (every collection but
-``thresholds``) and the thresholds, with static flip caps sized at the campaign's largest BER.
+``thresholds``) and the thresholds, with static flip caps sized at the campaign's largest BER
+(:func:`plan_at` resizes them for one BER without changing the trials).
 :func:`corrupt` applies one trial's faults: weights with ``fold_in(trial_key, 0)``, thresholds
 with ``fold_in(trial_key, 1)``, so variants sharing a baseline's params receive identical weight
 faults. :func:`trial_image_indices` draws a trial's image subset (the campaign calls it with
@@ -24,7 +25,7 @@ from proact_jax.core.activations import THRESHOLDS
 from proact_jax.faults import injection as faults
 from proact_jax.faults.formats import DEFAULT_FORMAT, NumberFormat, get_format
 
-__all__ = ["FAULT_RULES", "FaultPlan", "check_bers", "check_images_per_trial", "corrupt", "make_plan",
+__all__ = ["FAULT_RULES", "FaultPlan", "check_bers", "plan_at", "check_images_per_trial", "corrupt", "make_plan",
            "trial_image_indices"]
 
 
@@ -103,6 +104,44 @@ def make_plan(variables, fmt: str | NumberFormat = DEFAULT_FORMAT,
                      sum(max(c) for c in zip(*ft)) if ft else 0, bw, bt, rule, bers, fw, ft)
   return FaultPlan(fmt, w, t, faults.default_cap(bw, max_ber) if bw else 0,
                    faults.default_cap(bt, max_ber) if bt else 0, bw, bt)
+
+
+_MIN_SHRINK = 1 << 12  # caps below this are cheap to sort: keep one compilation for every BER
+
+
+def _bucket_cap(cap: int, n_bits: int, ber: float) -> int:
+  if cap < _MIN_SHRINK:
+    return cap
+  need = faults.default_cap(n_bits, ber)
+  return min(cap, 1 << max(0, math.ceil(math.log2(max(need, 1)))))
+
+
+def plan_at(plan: FaultPlan, ber: float) -> FaultPlan:
+  """``plan`` with its static caps sized for one concrete ``ber`` instead of the largest.
+
+  The trials are the same: candidate positions are a prefix-stable stream
+  (``jax.random.bits`` under the default partitionable threefry: the first ``m`` of a longer
+  draw are the draw of ``m``), and a trial takes the first ``K`` distinct ones in draw order, so
+  a shorter batch that still holds ``K`` distinct candidates picks the very same positions. Only
+  a shortfall (probability below 1e-30 at :func:`faults.default_cap` of ``ber``) takes the exact
+  dense path with other draws. What changes is the work: the candidates drawn and sorted per
+  trial (at BER 1e-6 on the CIFAR AlexNet, about 2 k instead of 78 k sized at 1e-4). Bernoulli
+  caps are rounded up to a power of two (neighbouring BERs share a compilation) and left alone
+  below 4,096; a toolbox-floor plan keeps only ``ber``'s row of per-leaf counts, so its caps are
+  that row's counts. The header of a campaign keeps the original plan. With
+  ``jax_threefry_partitionable`` off the stream is not prefix-stable: the plan is kept as is.
+  """
+  if not jax.config.jax_threefry_partitionable:
+    return plan
+  if plan.rule == "toolbox-floor":
+    b = int(np.argmin(np.abs(np.asarray(plan.floor_bers, np.float64) - float(ber))))
+    row = lambda table: (table[b],) if table else ()
+    return dataclasses.replace(plan, floor_bers=(plan.floor_bers[b],),
+                               floor_weights=row(plan.floor_weights),
+                               floor_thresholds=row(plan.floor_thresholds))
+  return dataclasses.replace(
+      plan, cap_weights=_bucket_cap(plan.cap_weights, plan.bits_weights, ber),
+      cap_thresholds=_bucket_cap(plan.cap_thresholds, plan.bits_thresholds, ber))
 
 
 def corrupt(key: chex.PRNGKey, variables, ber: Any, plan: FaultPlan, *,
