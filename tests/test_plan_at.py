@@ -1,8 +1,6 @@
 """Per-BER flip caps (trial.plan_at): the trials are those of the caps sized at the largest BER."""
 
-import dataclasses
 
-import jax
 import numpy as np
 import pytest
 
