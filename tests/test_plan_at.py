@@ -1,6 +1,5 @@
 """Per-BER flip caps (trial.plan_at): the trials are those of the caps sized at the largest BER."""
 
-
 import numpy as np
 import pytest
 
