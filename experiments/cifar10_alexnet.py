@@ -170,11 +170,15 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   }
   ckpts = [os.path.join(base, "model")]
   vmap = os.path.join(R, "vulnerability.jsonl")
+  only = None if a.only is None else set(a.only.split(","))
   for name, args in methods.items():
     out = os.path.join(W, "faithful", name)
+    marker = os.path.join(out, "meta.json")
     stages.append((f"harden-{name}", ["harden", "--checkpoint", ckpts[0], *args, *data,
-                                      "--out", out, "--quiet"], os.path.join(out, "meta.json")))
-    ckpts.append(out)
+                                      "--out", out, "--quiet"], marker))
+    # a method left out by --only (and not finished) is left out of the later stages too
+    if only is None or f"harden-{name}" in only or os.path.exists(marker):
+      ckpts.append(out)
     if name == "fitact":  # the five variants of the paper's Table IV: their maps (issue 12)
       stages.append(("vulnerability", [
           "vulnerability", *sum((["--checkpoint", c] for c in ckpts), []), *data,

@@ -29,7 +29,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 METHODS = ("relu", "ranger", "ft-clipact", "fitact", "proact")
 RULES = ("bernoulli", "toolbox-floor")
@@ -74,62 +73,14 @@ def run_seed(work: str, seed: int, trials: int, bers) -> dict:
           "campaign": results}
 
 
-def _t_ci(x) -> tuple[float, float, float]:
-  from proact_jax.faults.stats import summarize
-  s = summarize(x)
-  return s["mean"], s["ci_low"], s["ci_high"]
-
-
-def _fmt(x) -> str:
-  m, lo, hi = _t_ci(100 * np.asarray(x))
-  return f"{m:.2f} [{lo:.2f}, {hi:.2f}] ({100 * min(x):.2f}-{100 * max(x):.2f})"
-
-
 def table(runs: list[dict], bers) -> str:
+  from proact_jax.report.seeds import seeds_table
   seeds = [r["seed"] for r in runs]
-  lines = [f"Seeds {', '.join(map(str, seeds))} ({len(seeds)} runs of `proact demo`; each seed "
+  intro = (f"Seeds {', '.join(map(str, seeds))} ({len(seeds)} runs of `proact demo`; each seed "
            "sets the baseline training, the train/test split, the methods' seeds and the "
            f"campaign key). {runs[0]['test_images']} test images, {runs[0]['val_images']} "
-           "validation images per seed. Cells: mean over seeds [95 % t interval over seeds] "
-           "(min-max), in %.", ""]
-  drops = {m: [r["clean_drop"][m] for r in runs] for m in METHODS}
-  lines += ["Clean test accuracy drop vs the baseline (pp):", "",
-            "| method | " + " | ".join(METHODS[1:]) + " |", "|---|" + "---|" * 4,
-            "| drop | " + " | ".join(_fmt(drops[m]) for m in METHODS[1:]) + " |", ""]
-  pro = drops["proact"]
-  lines.append(f"ProAct's clean test drop < 1 pp in {sum(d < 0.01 for d in pro)} of "
-               f"{len(pro)} seeds (largest {100 * max(pro):.2f} pp).")
-  lines.append("Baseline test accuracy: " + _fmt([r["baseline_accuracy"] for r in runs]) + ".")
-  for rule in RULES:
-    lines += ["", f"Accuracy under faults, fault rule **{rule}** (mean over the trials of each "
-              "seed, then over seeds):", "",
-              "| method | " + " | ".join(f"BER {b:g}" for b in bers) + " |",
-              "|---|" + "---|" * len(bers)]
-    acc = lambda m, b: [r["campaign"][rule][f"{m}@{b:g}"]["mean"] for r in runs]
-    for m in METHODS:
-      lines.append(f"| {m} | " + " | ".join(_fmt(acc(m, b)) for b in bers) + " |")
-    lines += ["", f"ProAct - X across seeds (paired by seed), fault rule {rule}, pp:", "",
-              "| comparison | " + " | ".join(f"BER {b:g}" for b in bers) + " |",
-              "|---|" + "---|" * len(bers)]
-    from proact_jax.faults.stats import holm, paired_pvalue
-    others = ("ranger", "ft-clipact", "fitact")
-    pv = [paired_pvalue(acc("proact", b), acc(m, b)) for m in others for b in bers]
-    ph = iter(holm(pv))
-    for m in others:
-      cells = []
-      for b in bers:
-        d = np.subtract(acc("proact", b), acc(m, b))
-        mean, lo, hi = _t_ci(100 * d)
-        cells.append(f"{mean:+.2f} [{lo:.2f}, {hi:.2f}], p_Holm {next(ph):.2g}, "
-                     f"{int(np.sum(d > 0))}/{len(d)} seeds > 0")
-      lines.append(f"| proact - {m} | " + " | ".join(cells) + " |")
-    lines += ["", f"(paired t-test across the {len(runs)} seeds; Holm family: the "
-              f"{len(pv)} comparisons of this table, 3 pairs x {len(bers)} BERs)"]
-    flips = {b: np.mean([r["campaign"][rule][f"relu@{b:g}"]["mean_flips"] for r in runs])
-             for b in bers}
-    lines += ["", "Mean flips per trial (relu): " + ", ".join(
-        f"{b:g}: {flips[b]:.1f}" for b in bers) + "."]
-  return "\n".join(lines) + "\n"
+           "validation images per seed.")
+  return seeds_table(runs, bers, METHODS, RULES, intro)
 
 
 def main(argv=None) -> int:

@@ -144,3 +144,22 @@ def test_a_resumed_stage_sums_the_time_of_every_invocation(tmp_path):
   with pytest.raises(subprocess.CalledProcessError):
     mod.run_timed("other", [sys.executable, "-c", "raise SystemExit(3)"], work, poll=0.1)
   assert json.loads((tmp_path / "stage_clock.json").read_text())["other"][1] == 1
+
+
+def test_a_method_seed_repeat_campaigns_only_the_methods_it_runs(tmp_path):
+  mod = _load()
+  only = "harden-ranger,harden-ft-clipact,harden-proact,harden-fitact,campaign-bernoulli"
+  stages, _ = mod.plan(mod.parse_args(["--data-dir", "D", "--method-seed", "3", "--baseline",
+                                       str(tmp_path / "base"), "--work", str(tmp_path / "s3"),
+                                       "--only", only]))
+  argv = dict((n, a) for n, a, _ in stages)
+  camp = argv["campaign-bernoulli"]
+  ckpts = [camp[i + 1] for i, x in enumerate(camp) if x == "--checkpoint"]
+  assert ckpts[0] == str(tmp_path / "base" / "model")
+  assert [os.path.basename(c) for c in ckpts[1:]] == ["ranger", "ft-clipact", "proact", "fitact"]
+  assert "--seed" in argv["harden-proact"] and argv["harden-proact"][
+      argv["harden-proact"].index("--seed") + 1] == "3"
+  # without --only every method, the KD-direction run included, is in the campaign
+  stages, _ = mod.plan(mod.parse_args(["--data-dir", "D", "--work", str(tmp_path / "w")]))
+  camp = dict((n, a) for n, a, _ in stages)["campaign-bernoulli"]
+  assert camp.count("--checkpoint") == 6

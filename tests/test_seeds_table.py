@@ -1,0 +1,90 @@
+"""Headlines over seeds (report/seeds.py) and the CIFAR seeds driver (experiments/cifar10_seeds.py)."""
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from proact_jax.faults import campaign, stats
+from proact_jax.report.seeds import seeds_table
+
+from test_campaign import DATA, KEY, VARIANTS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ("relu", "ranger", "ft-clipact", "fitact", "proact")
+
+
+def _run(seed, drops, accs):
+  """A seed's record: clean drops (fractions) and, at BER 1e-6, the accuracy per method."""
+  return {"seed": seed, "baseline_accuracy": 0.8,
+          "clean_drop": dict(zip(METHODS, drops)),
+          "campaign": {"bernoulli": {f"{m}@1e-06": {"mean": a} for m, a in zip(METHODS, accs)}}}
+
+
+def test_seeds_table_by_hand():
+  runs = [_run(0, [0, 0.000, 0.002, 0.010, 0.004], [0.5, 0.70, 0.71, 0.60, 0.72]),
+          _run(1, [0, 0.001, 0.003, 0.020, 0.012], [0.4, 0.69, 0.70, 0.62, 0.73]),
+          _run(2, [0, 0.002, 0.001, 0.030, 0.005], [0.6, 0.71, 0.69, 0.61, 0.74])]
+  text = seeds_table(runs, [1e-6], METHODS, ("bernoulli",), "Intro.")
+  # ProAct's drops 0.4, 1.2, 0.5 pp: mean 0.7, sd 0.4359, t(0.975, 2) = 4.3027
+  half = 4.3027 * np.std([0.4, 1.2, 0.5], ddof=1) / np.sqrt(3)
+  assert f"0.70 [{0.7 - half:.2f}, {0.7 + half:.2f}] (0.40-1.20)" in text
+  assert "ProAct's clean test drop < 1 pp in 2 of 3 seeds (largest 1.20 pp)." in text
+  # proact - ranger: +2, +4, +3 pp: mean 3, sd 1; Holm over the 3 comparisons
+  pv = [stats.paired_pvalue([.72, .73, .74], [.70, .69, .71]),
+        stats.paired_pvalue([.72, .73, .74], [.71, .70, .69]),
+        stats.paired_pvalue([.72, .73, .74], [.60, .62, .61])]
+  ph = stats.holm(pv)
+  h = 4.3027 / np.sqrt(3)
+  assert (f"| proact - ranger | +3.00 [{3 - h:.2f}, {3 + h:.2f}], p_Holm {ph[0]:.2g}, "
+          "3/3 seeds > 0 |") in text
+  assert f"p_Holm {ph[2]:.2g}, 3/3 seeds > 0" in text
+  assert "3 pairs x 1 BERs" in text and "Mean flips" not in text  # no flips recorded
+  with pytest.raises(ValueError, match="at least 2 seeds"):
+    seeds_table(runs[:1], [1e-6], METHODS, ("bernoulli",), "x")
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location(
+      "cifar10_seeds", os.path.join(ROOT, "experiments", "cifar10_seeds.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def _fake_seed(mod, d, key, finished=True):
+  """A seed's results directory: stages.json, hardened/*.json and a real (tiny) campaign."""
+  os.makedirs(os.path.join(d, "hardened"), exist_ok=True)
+  for i, m in enumerate(METHODS[1:]):
+    with open(os.path.join(d, "hardened", f"{m}.json"), "w") as f:
+      json.dump({"method": m, "accuracy": 0.9 - 0.01 * i, "baseline_accuracy": 0.9}, f)
+  model, v = VARIANTS["ranger"]
+  variants = {"relu": VARIANTS["relu"], **{m: (model, v) for m in METHODS[1:]}}
+  campaign.run_campaign(key, variants, DATA, [1e-3], 4, progress=False,
+                        results_path=os.path.join(d, "campaign_bernoulli.jsonl"))
+  stages = mod.STAGES.split(",")
+  with open(os.path.join(d, "stages.json"), "w") as f:
+    json.dump({s: {} for s in (stages if finished else stages[:-1])}, f)
+
+
+def test_cifar10_seeds_aggregates_the_finished_seeds(tmp_path):
+  mod = _load()
+  res = str(tmp_path / "results")
+  _fake_seed(mod, res, KEY)
+  _fake_seed(mod, mod.seed_dirs(res, 1), KEY + 1)
+  _fake_seed(mod, mod.seed_dirs(res, 2), KEY + 2, finished=False)  # campaign still running
+  assert mod.seed_record(mod.seed_dirs(res, 2), 2) is None
+  rec = mod.seed_record(res, 0)
+  assert rec["clean_drop"]["fitact"] == pytest.approx(0.02) and rec["clean_drop"]["relu"] == 0
+  assert set(rec["campaign"]["bernoulli"]) == {f"{m}@0.001" for m in METHODS}
+  assert mod.main(["--aggregate-only", "--results", res, "--seeds", "1,2"]) == 0
+  text = open(os.path.join(res, "seeds", "table.md")).read()
+  assert text.startswith("Method seeds 0, 1 (2 hardenings")
+  runs = json.load(open(os.path.join(res, "seeds", "seeds.json")))["runs"]
+  assert [r["seed"] for r in runs] == [0, 1]
+  # ranger, ft-clipact, fitact, proact share one model here: equal means in every seed
+  assert "| proact - ranger | +0.00" in text
+  with pytest.raises(SystemExit):
+    mod.main(["--seeds", "0,1"])  # seed 0 is the main run, not a method seed
