@@ -25,7 +25,9 @@ Commands (run from the repository root):
   # one stage (or a few) only, the others skipped unless already done:
   python experiments/cifar10_alexnet.py --data-dir ... --only baseline,harden-ranger
 
-  # a method-seed repeat on the same baseline (issue 14 item 8: >= 5 hardening seeds)
+  # a method-seed repeat on the same baseline (issue 14 item 8: >= 5 hardening seeds; the
+  # methods left out by --only are left out of its campaign too). experiments/cifar10_seeds.py
+  # runs these for several seeds and tabulates them across seeds
   python experiments/cifar10_alexnet.py --data-dir ... --method-seed 1 \\
       --baseline runs/cifar10_alexnet/base --work runs/cifar10_alexnet_s1 \\
       --results results/cifar10_alexnet/seeds/s1 \\
