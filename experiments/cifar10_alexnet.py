@@ -65,6 +65,8 @@ Stages and budgets (``--scale F`` multiplies every threshold-training epoch coun
                direction comparison (variant "proact-2" in the campaigns).
                Estimated (417 img/s per threshold step on this CPU, idle): 45,000 images x 17
                epochs = 31 min each for fitact, proact, proact-ts at F = 0.1; x 2 when loaded.
+  clean-paired the variants' clean test accuracies compared pairwise on the same 10,000 images
+               (McNemar's exact test, Wald intervals, Holm over the 15 pairs). ~1 min.
   campaign-<rule>   for rule in bernoulli, toolbox-floor: the 6 variants paired, 6 paper BERs,
                every trial on a fresh random 100 of the 10,000 test images (intervals cover
                the image sample and the faults), paired sequential mode: a BER stops once every
@@ -188,6 +190,8 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
           "--images-per-trial", "32" if smoke else "256", "--out", vmap, "--quiet"],
           vmap[:-len(".jsonl")] + ".summary.csv"))
   variants = sum((["--checkpoint", c] for c in ckpts), [])
+  clean = os.path.join(R, "clean_paired.json")
+  stages.append(("clean-paired", ["clean", *variants, *data, "--out", clean], clean))
   bers = "1e-4,1e-3" if smoke else PAPER_BERS
   seq = lambda cap: (["--trials", "4", "--max-trials", "8", "--chunk", "4",
                        "--images-per-trial", "50", "--ci-target", "50"] if smoke else

@@ -22,6 +22,7 @@ COMMANDS = {
     "sweep": "run a bit-flip fault campaign on a checkpoint",
     "vulnerability": "single-flip accuracy drop per layer and bit, with heatmaps",
     "activations": "activation distances and histograms under faults (Table V, Figs. 3/6)",
+    "clean": "paired clean test accuracies of checkpoints (McNemar, Holm-adjusted)",
     "report": "tables and figures from saved results",
 }
 

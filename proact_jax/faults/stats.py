@@ -190,3 +190,30 @@ def decided(pvalues: Sequence[float], half_widths: Sequence[float], target_half_
   p_adj = np.minimum(1.0, holm(pvalues) * max(1, int(family_multiplier)))
   return [bool(p <= 1.0 - confidence or h <= target_half_width)
           for p, h in zip(p_adj, half_widths)]
+
+
+def mcnemar(a_correct: Sequence[bool], b_correct: Sequence[bool],
+            confidence: float = 0.95) -> dict:
+  """Paired comparison of two classifiers' accuracies on the same images (McNemar 1947).
+
+  ``n10``: images ``a`` gets right and ``b`` wrong, ``n01`` the reverse; the difference
+  ``d = (n10 - n01) / n`` gets the Wald interval ``d +- z sqrt(((n10 + n01) / n - d^2) / n)``
+  and the exact two-sided McNemar p-value ``min(1, 2 P(X <= min(n10, n01)))``, ``X ~
+  Binomial(n10 + n01, 1/2)`` (1 without discordant images).
+
+  Raises:
+    ValueError: arrays of different or zero length.
+  """
+  a = np.asarray(a_correct, bool).ravel()
+  b = np.asarray(b_correct, bool).ravel()
+  if a.size != b.size or a.size == 0:
+    raise ValueError(f"paired correctness arrays must have the same, nonzero length; got "
+                     f"{a.size} and {b.size}")
+  n = a.size
+  n10, n01 = int(np.sum(a & ~b)), int(np.sum(~a & b))
+  d = (n10 - n01) / n
+  z = float(sps.norm.ppf(0.5 + confidence / 2.0))
+  half = z * math.sqrt(max(0.0, (n10 + n01) / n - d * d) / n)
+  disc = n10 + n01
+  p = 1.0 if disc == 0 else min(1.0, 2.0 * float(sps.binom.cdf(min(n10, n01), disc, 0.5)))
+  return dict(n=n, n10=n10, n01=n01, diff=d, ci_low=d - half, ci_high=d + half, p=p)
