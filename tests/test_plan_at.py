@@ -61,14 +61,15 @@ def test_campaign_trials_do_not_depend_on_the_caps(never_shrink, rule, carried):
 
 
 def test_stratified_trials_do_not_depend_on_the_caps(never_shrink):
-  _, v = VARIANTS["ranger"]
+  model, v = VARIANTS["ranger"]
   cs = critical.CriticalSet.resolve(v, faults.FaultSpace(), get_format("q15.16"),
                                     critical.parse_critical("Dense_0:24:32"))
   run = lambda: stratified.run_stratified_campaign(
-      KEY, VARIANTS, DATA, BERS, 8, critical_set=cs, k_max=2, pilot=2, progress=False)
+      KEY, {"ranger": (model, v)}, DATA, BERS, 8, critical_set=cs, k_max=2, pilot=2,
+      progress=False)
   shrunk, full = run(), never_shrink(run)
   got, want = _trials(shrunk), _trials(full)
   assert got.keys() == want.keys()
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
-  assert np.mean(want[("relu", 1, "n_flips_weights")]) > 10
+  assert np.mean(want[("ranger", 1, "n_flips_weights")]) > 10
