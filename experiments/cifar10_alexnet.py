@@ -359,7 +359,9 @@ def run_timed(name: str, argv: list[str], work: str, poll: float = 30.0) -> tupl
   """Runs a stage's command; returns its wall time summed over every invocation (an
   interrupted stage resumes in a later one) and the number of invocations. The running total
   is kept in WORK/stage_clock.json, rewritten every ``poll`` seconds, so a killed invocation
-  loses at most that much of its time.
+  loses at most that much of its time. The command gets JAX's persistent compilation cache in
+  WORK/xla_cache (unless JAX_COMPILATION_CACHE_DIR is set): the same executables, not
+  recompiled when a stage resumes.
 
   Raises:
     subprocess.CalledProcessError: the command failed (its time so far stays on the clock).
@@ -376,7 +378,10 @@ def run_timed(name: str, argv: list[str], work: str, poll: float = 30.0) -> tupl
     write_json_atomic(path, clock)
     return clock[name][0]
 
-  proc = subprocess.Popen(argv)
+  env = dict(os.environ)
+  if not env.get("JAX_COMPILATION_CACHE_DIR"):  # a resumed stage or a seed repeat recompiles
+    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(work, "xla_cache")  # nothing (same programs)
+  proc = subprocess.Popen(argv, env=env)
   try:
     while True:
       try:

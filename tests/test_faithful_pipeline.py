@@ -163,3 +163,17 @@ def test_a_method_seed_repeat_campaigns_only_the_methods_it_runs(tmp_path):
   stages, _ = mod.plan(mod.parse_args(["--data-dir", "D", "--work", str(tmp_path / "w")]))
   camp = dict((n, a) for n, a, _ in stages)["campaign-bernoulli"]
   assert camp.count("--checkpoint") == 6
+
+
+def test_stages_share_a_persistent_compilation_cache_in_work(tmp_path, monkeypatch):
+  import sys
+  mod = _load()
+  out = tmp_path / "cache_dir.txt"
+  show = [sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write("
+          "os.environ['JAX_COMPILATION_CACHE_DIR'])", str(out)]
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  mod.run_timed("activations", show, str(tmp_path), poll=0.1)
+  assert out.read_text() == os.path.join(str(tmp_path), "xla_cache")
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))  # the user's wins
+  mod.run_timed("activations", show, str(tmp_path), poll=0.1)
+  assert out.read_text() == str(tmp_path / "mine")
