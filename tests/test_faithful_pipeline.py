@@ -9,9 +9,10 @@ from proact_jax import cli
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load():
+def _load(name: str = "cifar10_alexnet"):
+  """The experiment script ``experiments/NAME.py`` as a module."""
   spec = importlib.util.spec_from_file_location(
-      "cifar10_alexnet", os.path.join(ROOT, "experiments", "cifar10_alexnet.py"))
+      name, os.path.join(ROOT, "experiments", f"{name}.py"))
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod

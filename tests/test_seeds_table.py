@@ -1,6 +1,5 @@
 """Headlines over seeds (report/seeds.py) and the CIFAR seeds driver (experiments/cifar10_seeds.py)."""
 
-import importlib.util
 import json
 import os
 
@@ -11,8 +10,8 @@ from proact_jax.faults import campaign, stats
 from proact_jax.report.seeds import seeds_table
 
 from test_campaign import DATA, KEY, VARIANTS
+from test_faithful_pipeline import _load
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("relu", "ranger", "ft-clipact", "fitact", "proact")
 
 
@@ -46,14 +45,6 @@ def test_seeds_table_by_hand():
     seeds_table(runs[:1], [1e-6], METHODS, ("bernoulli",), "x")
 
 
-def _load():
-  spec = importlib.util.spec_from_file_location(
-      "cifar10_seeds", os.path.join(ROOT, "experiments", "cifar10_seeds.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
-
-
 def _fake_seed(mod, d, key, finished=True):
   """A seed's results directory: stages.json, hardened/*.json and a real (tiny) campaign."""
   os.makedirs(os.path.join(d, "hardened"), exist_ok=True)
@@ -70,7 +61,7 @@ def _fake_seed(mod, d, key, finished=True):
 
 
 def test_cifar10_seeds_aggregates_the_finished_seeds(tmp_path):
-  mod = _load()
+  mod = _load("cifar10_seeds")
   res = str(tmp_path / "results")
   _fake_seed(mod, res, KEY)
   _fake_seed(mod, mod.seed_dirs(res, 1), KEY + 1)
