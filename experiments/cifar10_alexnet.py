@@ -204,15 +204,18 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   # trials than plain sampling measured at 1e-6; the toolbox rule is not Bernoulli: plain
   strat = {"bernoulli": ["--stratify", "3", "--pilot", "2" if smoke else "8", "--critical",
                          f"{cls}:24:32:raise,{cls}/bias:16:24:raise"], "toolbox-floor": []}
+  # the campaign key is the method seed: a seed repeat gets its own faults and images, so the
+  # intervals across seeds cover them too (seed 0, the main run, keeps the default key 0)
+  key = ["--seed", str(a.method_seed)] if a.method_seed else []
   for rule in RULES:
     out = os.path.join(R, f"campaign_{rule}.jsonl")
     stages.append((f"campaign-{rule}", ["sweep", *variants, *data, "--bers", bers,
-                                        *seq(a.max_trials), *strat[rule],
+                                        *seq(a.max_trials), *strat[rule], *key,
                                         "--stop-pairwise", "--fault-rule", rule, "--out", out,
                                         "--quiet"], out[:-len(".jsonl")] + ".summary.md"))
     out = os.path.join(R, f"classifier_{rule}.jsonl")
     stages.append((f"classifier-{rule}", ["sweep", *variants, *data, "--bers", bers,
-                                          *seq(min(300, a.max_trials)),
+                                          *seq(min(300, a.max_trials)), *key,
                                           "--stop-pairwise", "--fault-rule", rule, "--layer",
                                           cls, "--out", out,
                                           "--quiet"], out[:-len(".jsonl")] + ".summary.md"))

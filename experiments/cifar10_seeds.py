@@ -5,7 +5,9 @@ Seed 0 is the main pipeline run (``experiments/cifar10_alexnet.py``, RESULTS = r
 Every other seed ``s`` re-runs the four methods' hardening with ``--method-seed s`` on the same
 seed-0 baseline (one 8 h baseline per seed is out of this CPU's budget; the baseline's own
 training seed is varied on digits, ``experiments/digits_seeds.py``), then the paired stratified
-Bernoulli campaign of the five Table IV variants, into runs/cifar10_M_sS and RESULTS/seeds/sS.
+Bernoulli campaign of the five Table IV variants with campaign key ``s`` (its own faults and
+image subsets, so the intervals across seeds cover them as well as the hardening), into
+runs/cifar10_M_sS and RESULTS/seeds/sS.
 Each seed's stages resume and are skipped once done. ``--max-trials`` caps each seed's campaign
 per BER (default 300, against 1000 for seed 0: a seed's mean needs less precision than the main
 run's pairwise decisions, since the table's intervals are across seeds).
@@ -83,7 +85,7 @@ def aggregate(results: str, seeds: list[int]) -> str | None:
     raise ValueError("the seeds' campaigns have different BERs")
   intro = (f"Method seeds {', '.join(str(r['seed']) for r in runs)} ({len(runs)} hardenings "
            "of the four methods on the same seed-0 baseline; each seed sets the methods' "
-           "training and search and the campaign key is the pipeline's). 10,000 test images; "
+           "training and search and the campaign key). 10,000 test images; "
            "every campaign trial on 100 random test images, stratified Bernoulli flips.")
   text = seeds_table(runs, bers, METHODS, ("bernoulli",), intro)
   out = os.path.join(results, "seeds")

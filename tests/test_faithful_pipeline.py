@@ -158,12 +158,13 @@ def test_a_method_seed_repeat_campaigns_only_the_methods_it_runs(tmp_path):
   ckpts = [camp[i + 1] for i, x in enumerate(camp) if x == "--checkpoint"]
   assert ckpts[0] == str(tmp_path / "base" / "model")
   assert [os.path.basename(c) for c in ckpts[1:]] == ["ranger", "ft-clipact", "proact", "fitact"]
+  assert camp[camp.index("--seed") + 1] == "3"  # the seed's own campaign key
   assert "--seed" in argv["harden-proact"] and argv["harden-proact"][
       argv["harden-proact"].index("--seed") + 1] == "3"
   # without --only every method, the KD-direction run included, is in the campaign
   stages, _ = mod.plan(mod.parse_args(["--data-dir", "D", "--work", str(tmp_path / "w")]))
   camp = dict((n, a) for n, a, _ in stages)["campaign-bernoulli"]
-  assert camp.count("--checkpoint") == 6
+  assert camp.count("--checkpoint") == 6 and "--seed" not in camp  # the main run: key 0
 
 
 def test_stages_share_a_persistent_compilation_cache_in_work(tmp_path, monkeypatch):
