@@ -242,6 +242,12 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   return stages, budget
 
 
+def save_json(path: str, obj, indent: int = 2) -> None:
+  """Writes a record atomically (``core.files.write_bytes_atomic``), keys in insertion order."""
+  from proact_jax.core.files import write_bytes_atomic
+  write_bytes_atomic(path, json.dumps(obj, indent=indent).encode())
+
+
 def training_time(run_dir: str) -> float | None:
   path = os.path.join(run_dir, "metrics.jsonl")
   if not os.path.exists(path):
@@ -292,9 +298,7 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
     record["spent_epochs"] = _epochs(stages)
   os.makedirs(os.path.join(results_dir, "hardened"), exist_ok=True)
   path = os.path.join(results_dir, "hardened", f"{name}.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=1)
-  os.replace(path + ".tmp", path)
+  save_json(path, record, indent=1)
 
 
 def progress_stages(progress_dir: str) -> list | None:
@@ -424,7 +428,10 @@ def main(argv=None) -> int:
       continue
     if os.path.exists(marker):
       print(f"== {name}: done, skipping", flush=True)
-      if name == "baseline":  # resumed sessions: the sum of THIS run's epoch times
+      if name == "baseline" and a.baseline:  # not trained by this run
+        done[name] = {"command": "proact " + " ".join(args), "wall_time_s": None,
+                      "note": f"shared baseline {a.baseline}, trained and timed by its own run"}
+      elif name == "baseline":  # resumed sessions: the sum of THIS run's epoch times
         done[name] = {"command": "proact " + " ".join(args),
                       "wall_time_s": training_time(os.path.dirname(os.path.dirname(marker))),
                       "note": "sum of epoch times in metrics.jsonl"}
@@ -436,21 +443,16 @@ def main(argv=None) -> int:
       spent, calls = run_timed(name, [sys.executable, "-m", "proact_jax.cli", *args], a.work)
       done[name] = {"command": "proact " + " ".join(args), "wall_time_s": round(spent),
                     **({"invocations": calls} if calls > 1 else {})}
-      with open(path + ".tmp", "w") as f:
-        json.dump(done, f, indent=2)
-      os.replace(path + ".tmp", path)
-    if name == "baseline":
+      save_json(path, done)
+    if name == "baseline" and not a.baseline:  # a shared baseline is recorded by its own run
       record_baseline(os.path.dirname(os.path.dirname(marker)), a.results,
                       *(("small_cnn", "digits") if a.smoke else (a.model, "cifar10")))
     elif name.startswith("harden-") and os.path.exists(marker):
       record_hardened(name[len("harden-"):], os.path.dirname(marker), a.results)
   budget["spent_epochs"] = {m: finished_spent(a.work, m)  # null: not finished
                             for m in ("fitact", "proact", "proact-ts")}
-  with open(os.path.join(a.results, "budget.json"), "w") as f:
-    json.dump(budget, f, indent=2)
-  with open(path + ".tmp", "w") as f:
-    json.dump(done, f, indent=2)
-  os.replace(path + ".tmp", path)
+  save_json(os.path.join(a.results, "budget.json"), budget)
+  save_json(path, done)
   print(f"results in {a.results}")
   return 0
 

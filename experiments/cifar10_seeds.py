@@ -36,7 +36,6 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("relu", "ranger", "ft-clipact", "fitact", "proact")
 STAGES = "harden-ranger,harden-ft-clipact,harden-proact,harden-fitact,campaign-bernoulli"
-PAPER_BERS = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5)
 
 
 def seed_dirs(results: str, seed: int) -> str:
@@ -75,7 +74,7 @@ def seed_record(results_dir: str, seed: int) -> dict | None:
 def aggregate(results: str, seeds: list[int]) -> str | None:
   """Writes RESULTS/seeds/{seeds.json, table.md} from the finished seeds; returns the table
   (None with fewer than 2 finished seeds)."""
-  from proact_jax.core.files import write_json_atomic
+  from proact_jax.core.files import write_bytes_atomic, write_json_atomic
   from proact_jax.report.seeds import seeds_table
   runs = [r for r in (seed_record(seed_dirs(results, s), s) for s in seeds) if r is not None]
   if len(runs) < 2:
@@ -89,11 +88,8 @@ def aggregate(results: str, seeds: list[int]) -> str | None:
            "every campaign trial on 100 random test images, stratified Bernoulli flips.")
   text = seeds_table(runs, bers, METHODS, ("bernoulli",), intro)
   out = os.path.join(results, "seeds")
-  os.makedirs(out, exist_ok=True)
   write_json_atomic(os.path.join(out, "seeds.json"), {"runs": runs})
-  with open(os.path.join(out, "table.md.tmp"), "w") as f:
-    f.write(text)
-  os.replace(os.path.join(out, "table.md.tmp"), os.path.join(out, "table.md"))
+  write_bytes_atomic(os.path.join(out, "table.md"), text.encode())
   return text
 
 

@@ -23,7 +23,8 @@ def run(args) -> int:
   import numpy as np
 
   from proact_jax.core.evaluate import predict
-  from proact_jax.core.files import check_regular_output, create_json_exclusive
+  from proact_jax.core.files import (check_regular_output, create_json_exclusive,
+                                     write_bytes_atomic)
   from proact_jax.report.clean_paired import clean_paired, clean_paired_markdown
   from proact_jax.training.checkpoint_data import checkpoint_data
 
@@ -47,8 +48,6 @@ def run(args) -> int:
                 checkpoints={n: os.path.abspath(p) for n, p in zip(variants, args.checkpoint)})
   text = clean_paired_markdown(result)
   create_json_exclusive(out, result)
-  with open(md + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(md + ".tmp", md)
+  write_bytes_atomic(md, text.encode())
   print(text, end="")
   return 0
