@@ -24,7 +24,7 @@ def pytest_configure(config):
   file per entry and a writer killed between the two writes breaks every later write; without,
   the worst a concurrent reader can meet is a half-written entry, which JAX rejects (its
   compressed stream is checked) with a warning and recompiles. A child under a file-size limit
-  (test_misuse) gets no cache.
+  (test_misuse_resume) gets no cache.
   """
   if os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("PYTEST_XDIST_WORKER"):
     return  # the user's own cache, or a worker: the controller set it up

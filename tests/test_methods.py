@@ -131,10 +131,13 @@ def test_user_model_is_hardened_by_each_method(base):
   params, st = v["params"], tx.init(v["params"])
   loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
       model.apply({"params": p}, x), y).mean()
+  @jax.jit
+  def step(params, st):
+    u, st = tx.update(jax.grad(loss)(params), st)
+    return optax.apply_updates(params, u), st
+
   for _ in range(60):
-    g = jax.grad(loss)(params)
-    u, st = tx.update(g, st)
-    params = optax.apply_updates(params, u)
+    params, st = step(params, st)
   v = {"params": params}
   hs = [methods.ranger(model, v, data.x_profile, data.val),
         methods.fitact(model, v, data.x_profile, x, y, data.val,

@@ -220,10 +220,7 @@ class CampaignResult:
     rows = []
     for v in self.variants:
       for i, ber in enumerate(self.bers):
-        t = self.trials[v][i]
-        s = stats.summarize(t["accuracy"], self.confidence, bounds=(0.0, 1.0))
-        row = {"variant": v, "ber": ber, **s,
-               "mean_flips": float(np.mean(t["n_flips"])) if len(t["n_flips"]) else math.nan,
+        row = {"variant": v, "ber": ber, **self._cell(v, i),
                "clean_accuracy": self.clean.get(v, {}).get("accuracy", math.nan),
                "diff_mean": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan}
         if v != self.reference:
@@ -232,6 +229,12 @@ class CampaignResult:
             row.update(diff_mean=d["mean"], diff_ci_low=d["ci_low"], diff_ci_high=d["ci_high"])
         rows.append(row)
     return rows
+
+  def _cell(self, v: str, i: int) -> dict:
+    """The summary of one (variant, BER index) cell: accuracy statistics and mean_flips."""
+    t = self.trials[v][i]
+    return {**stats.summarize(t["accuracy"], self.confidence, bounds=(0.0, 1.0)),
+            "mean_flips": float(np.mean(t["n_flips"])) if len(t["n_flips"]) else math.nan}
 
   def paired(self, a: str, b: str, ber_index: int) -> dict | None:
     """Paired difference a - b of accuracies over the trials both ran (same fault draws on the
@@ -312,23 +315,11 @@ class StratifiedResult(CampaignResult):
     t = self.trials[v][b]
     return [t[field][t["stratum"] == h] for h in range(len(self.weights[b]))]
 
-  def summary_rows(self) -> list[dict]:
-    rows = []
-    for v in self.variants:
-      for i, ber in enumerate(self.bers):
-        s = strata.stratified_summary(self._samples(v, i), self.weights[i], self.confidence)
-        flips = strata.stratified_summary(self._samples(v, i, "n_flips"), self.weights[i])
-        row = {"variant": v, "ber": ber, **{k: s[k] for k in (
-                   "n", "mean", "std", "ci_low", "ci_high", "half_width", "dof")},
-               "n_strata": " ".join(map(str, s["n_strata"])), "mean_flips": flips["mean"],
-               "clean_accuracy": self.clean.get(v, {}).get("accuracy", math.nan),
-               "diff_mean": math.nan, "diff_ci_low": math.nan, "diff_ci_high": math.nan}
-        if v != self.reference:
-          d = self.paired(v, self.reference, i)
-          if d is not None:
-            row.update(diff_mean=d["mean"], diff_ci_low=d["ci_low"], diff_ci_high=d["ci_high"])
-        rows.append(row)
-    return rows
+  def _cell(self, v: str, i: int) -> dict:
+    s = strata.stratified_summary(self._samples(v, i), self.weights[i], self.confidence)
+    flips = strata.stratified_summary(self._samples(v, i, "n_flips"), self.weights[i])
+    return {**{k: s[k] for k in ("n", "mean", "std", "ci_low", "ci_high", "half_width", "dof")},
+            "n_strata": " ".join(map(str, s["n_strata"])), "mean_flips": flips["mean"]}
 
   def paired(self, a: str, b: str, ber_index: int) -> dict | None:
     """Stratified paired difference a - b over the (stratum, trial) pairs both ran."""
