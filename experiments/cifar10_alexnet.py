@@ -286,7 +286,8 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
   with open(os.path.join(out_dir, "meta.json")) as f:
     meta = json.load(f)
   record = {k: meta[k] for k in ("method", "model", "dataset", "accuracy", "baseline_accuracy",
-                                 "val_accuracy", "seed", "content_sha256") if k in meta}
+                                 "val_accuracy", "seed", "method_seed", "content_sha256")
+            if k in meta}  # seed: the baseline's training seed; method_seed: the method's
   record["hardening"] = meta.get("hardening", {})
   stages = progress_stages(out_dir + ".progress")
   if stages is not None:

@@ -109,7 +109,7 @@ def test_record_hardened_keeps_accuracy_and_the_search(tmp_path):
   out = tmp_path / "w" / "faithful" / "proact"
   os.makedirs(out)
   meta = {"method": "proact", "model": "alexnet", "accuracy": 0.81, "baseline_accuracy": 0.82,
-          "hardening": {"wall_time": 3.0}, "mean": [0.5]}
+          "hardening": {"wall_time": 3.0}, "mean": [0.5], "seed": 0, "method_seed": 3}
   (out / "meta.json").write_text(json.dumps(meta))
   os.makedirs(str(out) + ".progress")
   state = {"stages": [{"stage": "act1", "gamma": 0.001, "kept": True,
@@ -120,6 +120,7 @@ def test_record_hardened_keeps_accuracy_and_the_search(tmp_path):
   mod.record_hardened("proact", str(out), str(tmp_path / "r"))
   rec = json.load(open(tmp_path / "r" / "hardened" / "proact.json"))
   assert rec["accuracy"] == 0.81 and rec["baseline_accuracy"] == 0.82 and "mean" not in rec
+  assert rec["seed"] == 0 and rec["method_seed"] == 3
   assert rec["search"] == [{"site": "act1", "kept_gamma": 0.001, "kept": True,
                             "tried": [{"gamma": 0.01, "epochs": 2},
                                       {"gamma": 0.001, "epochs": 2}]}]

@@ -192,8 +192,10 @@ def test_cli_bad_inputs(base, tmp_path, capsys):
   one_line_error(["harden", "--checkpoint", str(tmp_path / "nope"), "--method", "ranger",
                   "--out", out], "not a proact checkpoint")
   assert cli.main(["harden", "--checkpoint", path, "--method", "ranger", "--out", out,
-                   "--quiet"]) == 0
+                   "--quiet", "--seed", "5"]) == 0
   capsys.readouterr()
+  meta = pj.load_checkpoint(out)[2]  # the baseline's training seed and the method's, both kept
+  assert meta["method_seed"] == 5 and meta.get("seed") == pj.load_checkpoint(path)[2].get("seed")
   one_line_error(["harden", "--checkpoint", out, "--method", "proact", "--out",
                   str(tmp_path / "h2")], "already hardened with ranger")
   one_line_error(["harden", "--checkpoint", path, "--method", "ranger", "--out", out],

@@ -108,7 +108,7 @@ def demo(out: str, bers, trials: int, seed: int = 0, progress: bool = True) -> d
       t = time.time()
       h = fn()
       acc = evaluate(h.model, h.variables, test)[0]
-      methods.save_hardened(path, h, meta, acc)
+      methods.save_hardened(path, h, meta, acc, method_seed=seed)
       say(f"      {name}: test accuracy {100 * acc:.2f} %, memory overhead "
           f"{100 * h.memory_overhead:.4f} %, {time.time() - t:.1f} s")
     variants[name] = load_checkpoint(path)

@@ -145,9 +145,9 @@ def _harden(args, granularity, out, work, model, variables, meta, data) -> int:
                            data.val, cfg, **common)
   test_acc = evaluate(h.model, h.variables, data.x_test, data.y_test)[0]
   base_acc = evaluate(model, variables, data.x_test, data.y_test)[0]
-  methods.save_hardened(out, h, meta, test_acc, overwrite=False)
+  methods.save_hardened(out, h, meta, test_acc, overwrite=False, method_seed=args.seed)
   summary = {**h.summary(), "test_accuracy": test_acc, "baseline_test_accuracy": base_acc,
-             "checkpoint": os.path.abspath(args.checkpoint)}
+             "method_seed": args.seed, "checkpoint": os.path.abspath(args.checkpoint)}
   write_json_atomic(os.path.join(out, "summary.json"), summary)
   print(f"{args.method} ({granularity}): test accuracy {100 * test_acc:.2f} % "
         f"(baseline {100 * base_acc:.2f} %), memory overhead {100 * h.memory_overhead:.4f} %, "

@@ -15,11 +15,17 @@ __all__ = ["ALLOWED_GRANULARITY", "METHODS", "FTClipActConfig", "FitActConfig", 
 
 
 def save_hardened(directory: str, hardened: Hardened, base_meta: dict, test_accuracy: float,
-                  overwrite: bool = True) -> str:
-  """Writes a hardened checkpoint: baseline weights + thresholds + how to rebuild the model."""
+                  overwrite: bool = True, method_seed: int | None = None) -> str:
+  """Writes a hardened checkpoint: baseline weights + thresholds + how to rebuild the model.
+
+  The baseline's metadata is kept (its ``seed`` is the baseline's training seed);
+  ``method_seed``, if given, records the seed of the method's own training and search.
+  """
   meta = {k: v for k, v in base_meta.items() if k not in ("accuracy", "test_loss")}
   meta.update({"kind": hardened.kind, "granularity": hardened.granularity,
                "method": hardened.method, "accuracy": test_accuracy,
                "baseline_accuracy": base_meta.get("accuracy"), "hardening": hardened.summary(),
                "version": __version__})
+  if method_seed is not None:
+    meta["method_seed"] = int(method_seed)
   return save_checkpoint(directory, hardened.variables, meta, overwrite=overwrite)
