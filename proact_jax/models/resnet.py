@@ -8,8 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from proact_jax.core.activations import Activation
-from proact_jax.models.fast_ops import Conv
 from proact_jax.models.registry import register_model
+
+# flax's own convolution (XLA's weight gradient), not models/fast_ops.Conv: measured on this CPU
+# (docs/benchmarks.md, "ResNet-20 weight gradient"), the patches-times-gradient weight gradient
+# that rescues AlexNet's second convolution is 1.5-4x slower on every ResNet-20 shape, and the
+# ResNets have no output of <= 4 pixels on CIFAR, where fast_ops' forward would differ.
+Conv = nn.Conv
 
 
 def _bn(train):
