@@ -1,0 +1,99 @@
+"""What the issue-14 pipeline (experiments/cifar10_alexnet.py) writes into RESULTS besides the
+`proact` commands' own outputs: the baseline's learning record and curve, one JSON record per
+hardened checkpoint (with the search history of its progress file), and the epochs a hardening
+run actually spent (FitAct's budget is ProAct's). Used by that script; imported from the
+experiments folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+
+def save_json(path: str, obj, indent: int = 2) -> None:
+  """Writes a record atomically (``core.files.write_bytes_atomic``), keys in insertion order."""
+  from proact_jax.core.files import write_bytes_atomic
+  write_bytes_atomic(path, json.dumps(obj, indent=indent).encode())
+
+
+def training_time(run_dir: str) -> float | None:
+  path = os.path.join(run_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  rows = [json.loads(l) for l in open(path) if l.strip()]
+  return round(sum(r.get("epoch_time", 0.0) for r in rows))
+
+
+def record_baseline(run_dir: str, results_dir: str, model: str = "alexnet",
+                    dataset: str = "cifar10") -> None:
+  """Copies the baseline's learning record into RESULTS/baseline and draws its curve.
+
+  Writes ``metrics.jsonl`` (one line per epoch), ``config.json`` (the training configuration),
+  ``meta.json`` (the exported model's metadata: test and best validation accuracy) and
+  ``learning_curve.png``; the weights stay in WORK (about 93 MB, not committed).
+  """
+  from proact_jax.report.plots import plot_learning_curve
+  out = os.path.join(results_dir, "baseline")
+  os.makedirs(out, exist_ok=True)
+  for src in ("metrics.jsonl", "config.json", os.path.join("model", "meta.json")):
+    shutil.copyfile(os.path.join(run_dir, src), os.path.join(out, os.path.basename(src)))
+  rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
+  meta = json.load(open(os.path.join(out, "meta.json")))
+  name = {"alexnet": "AlexNet", "resnet20": "ResNet-20", "vgg16": "VGG-16"}.get(model, model)
+  plot_learning_curve(rows, os.path.join(out, "learning_curve.png"),
+                      f"{name} / {dataset.upper().replace('CIFAR', 'CIFAR-')}, "
+                      f"{len(rows)} epochs: "
+                      f"test {100 * meta['accuracy']:.2f} %")
+
+
+def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
+  """Copies a hardened checkpoint's metadata into RESULTS/hardened/NAME.json (test and
+  validation accuracy, baseline, thresholds per site, wall time; the weights stay in WORK) with,
+  for FitAct and ProAct, the search history from its progress file: per site the
+  regularisation weights tried, the epochs each ran and which was kept."""
+  with open(os.path.join(out_dir, "meta.json")) as f:
+    meta = json.load(f)
+  record = {k: meta[k] for k in ("method", "model", "dataset", "accuracy", "baseline_accuracy",
+                                 "val_accuracy", "seed", "method_seed", "content_sha256")
+            if k in meta}  # seed: the baseline's training seed; method_seed: the method's
+  record["hardening"] = meta.get("hardening", {})
+  stages = progress_stages(out_dir + ".progress")
+  if stages is not None:
+    record["search"] = [{"site": st.get("stage"), "kept_gamma": st.get("gamma"),
+                         "kept": st.get("kept"),
+                         "tried": [{"gamma": h.get("gamma"), "epochs": len(h.get("epochs", []))}
+                                   for h in st.get("history", []) if isinstance(h, dict)]}
+                        for st in stages]
+    record["spent_epochs"] = _epochs(stages)
+  os.makedirs(os.path.join(results_dir, "hardened"), exist_ok=True)
+  path = os.path.join(results_dir, "hardened", f"{name}.json")
+  save_json(path, record, indent=1)
+
+
+def progress_stages(progress_dir: str) -> list | None:
+  """The finished stages of a hardening progress file (``progress.npz``, its ``__state__``
+  JSON; methods/progress.py), or None without one."""
+  import numpy as np
+  path = os.path.join(progress_dir, "progress.npz")
+  if not os.path.exists(path):
+    return None
+  with np.load(path, allow_pickle=False) as z:
+    return json.loads(z["__state__"].tobytes().decode())["stages"]
+
+
+def spent_epochs(progress_dir: str) -> int | None:
+  """Threshold-training epochs actually run (finished stages), from a hardening progress file."""
+  stages = progress_stages(progress_dir)
+  return None if stages is None else _epochs(stages)
+
+
+def _epochs(stages: list) -> int:
+  return sum(len(h["epochs"]) if isinstance(h, dict) and "epochs" in h else 1
+             for s in stages for h in s.get("history", []))
+
+
+def finished_spent(work: str, method: str) -> int | None:
+  """Epochs a FINISHED hardening run in WORK/faithful/METHOD spent (None if not finished)."""
+  out = os.path.join(work, "faithful", method)
+  return spent_epochs(out + ".progress") if os.path.exists(os.path.join(out, "meta.json")) else None
