@@ -13,6 +13,12 @@ FitAct's threshold training ~2x AlexNet's: well over the ~8 h budget. ResNet-20 
 weights) is the second model; its recipe (RECIPES below): SGD-Nesterov 0.1, 1 warm-up epoch,
 cosine, 30 epochs, weight decay 5e-4, batch 128, crop+flip (the usual CIFAR ResNet recipe
 shortened from 160-200 epochs to a CPU budget; its curve is recorded to show where it stands).
+Its budget, from throughput measured on the idle CPU (2026-12-05, docs/benchmarks.md): training
+step 213 img/s, so the baseline ~1.8 h; 19 sites, so ProAct runs 5 + 2 x 18 = 41 threshold
+epochs at F = 0.1, at 119-272 ms per batch of 128 (last site to first site;
+benchmarks/bench_proact_step.py --model resnet20), ~50 min, FitAct the same epochs at ~314 ms per
+batch, ~75 min, the KD-direction repeat ~50 min; about 5.5 h in all with FT-ClipAct and the
+campaigns.
 
 Commands (run from the repository root):
 
