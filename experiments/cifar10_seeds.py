@@ -15,7 +15,7 @@ run's pairwise decisions, since the table's intervals are across seeds).
 It writes RESULTS/seeds/seeds.json (per finished seed: each method's test accuracy and clean
 drop, the campaign's mean per variant and BER) and RESULTS/seeds/table.md
 (:func:`proact_jax.report.seeds.seeds_table`), from the seeds whose hardening and campaign are
-finished (at least 2, seed 0 included when done).
+finished (at least 2, seed 0 included when done), after every seed that finishes.
 
 Commands (from the repository root; about 2.5 h of hardening per seed on this CPU, idle, plus
 the campaign: see results/README.md):
@@ -122,6 +122,11 @@ def main(argv=None) -> int:
     if code:
       print(f"cifar10_seeds: seed {s} stopped with exit code {code}", file=sys.stderr)
       return code
+    try:  # the table after every finished seed, so an interrupted series keeps one
+      aggregate(results, [0, *seeds])
+    except ValueError as e:
+      print(f"cifar10_seeds: {e}", file=sys.stderr)
+      return 2
   try:
     text = aggregate(results, [0, *seeds])
   except ValueError as e:
