@@ -361,6 +361,10 @@ def main(argv=None) -> int:
         done[name] = {"command": "proact " + " ".join(args), "wall_time_s": None,
                       "note": "found finished, not timed by this script"}
     else:
+      # planned again now: a stage may depend on what earlier stages of this invocation left
+      # (FitAct's epochs are the epochs ProAct actually spent, known once ProAct finished)
+      fresh, budget = plan(a)
+      args = next(x for n, x, _ in fresh if n == name)
       print(f"== {name}: proact {' '.join(args)}", flush=True)
       spent, calls = run_timed(name, [sys.executable, "-m", "proact_jax.cli", *args], a.work)
       done[name] = {"command": "proact " + " ".join(args), "wall_time_s": round(spent),

@@ -127,6 +127,47 @@ def test_record_hardened_keeps_accuracy_and_the_search(tmp_path):
   assert rec["spent_epochs"] == 4
 
 
+def test_fitact_started_after_proact_in_the_same_run_gets_the_spent_epochs(tmp_path,
+                                                                          monkeypatch):
+  """The stages are planned again as each starts: ProAct finishing (with retries) in the same
+  invocation gives FitAct ProAct's spent epochs, not the count planned at the start."""
+  import json
+
+  import numpy as np
+  mod = _load()
+  work, res = str(tmp_path / "w"), str(tmp_path / "r")
+  ran = {}
+
+  def fake_run(name, argv, work_dir, poll=30.0):
+    ran[name] = argv
+    out = argv[argv.index("--out") + 1]
+    os.makedirs(out, exist_ok=True)
+    open(os.path.join(out, "meta.json"), "w").write("{}")
+    if name == "harden-proact":  # 2 sites, the first retried twice: 3 x 5 + 5 epochs spent
+      os.makedirs(out + ".progress", exist_ok=True)
+      state = {"stages": [{"stage": "a", "history": [{"epochs": [{}] * 5}] * 3},
+                          {"stage": "b", "history": [{"epochs": [{}] * 5}]}]}
+      np.savez(os.path.join(out + ".progress", "progress.npz"),
+               __state__=np.frombuffer(json.dumps(state).encode(), np.uint8))
+    return 1.0, 1
+
+  monkeypatch.setattr(mod, "run_timed", fake_run)
+  monkeypatch.setattr(mod, "record_hardened", lambda *a: None)
+  args = ["--data-dir", "D", "--work", work, "--results", res, "--baseline",
+          str(tmp_path / "base"), "--only", "harden-proact,harden-fitact"]
+  os.makedirs(tmp_path / "base" / "model")
+  (tmp_path / "base" / "model" / "meta.json").write_text("{}")
+  _, planned = mod.plan(mod.parse_args(args))
+  assert planned["fitact"]["epochs"] == 17  # 5 + 2 x 6, less than ProAct will spend
+  assert mod.main(args) == 0
+  fit = ran["harden-fitact"]
+  assert fit[fit.index("--epochs") + 1] == "20"
+  stages = json.load(open(os.path.join(res, "stages.json")))
+  assert "--epochs 20 " in stages["harden-fitact"]["command"]
+  assert json.load(open(os.path.join(res, "budget.json")))["fitact"] == {
+      "epochs": 20, "matched_to": "proact spent"}
+
+
 def test_a_resumed_stage_sums_the_time_of_every_invocation(tmp_path):
   import json
   import subprocess
