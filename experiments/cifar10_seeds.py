@@ -93,6 +93,15 @@ def aggregate(results: str, seeds: list[int]) -> str | None:
   return text
 
 
+def _aggregate_or_exit(results: str, seeds: list[int]) -> tuple[int, str | None]:
+  """:func:`aggregate`, its one-line error turned into exit code 2."""
+  try:
+    return 0, aggregate(results, seeds)
+  except ValueError as e:
+    print(f"cifar10_seeds: {e}", file=sys.stderr)
+    return 2, None
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--data-dir", default=None)
@@ -111,6 +120,7 @@ def main(argv=None) -> int:
   if not a.aggregate_only and not a.data_dir:
     p.error("--data-dir is required (or --aggregate-only)")
   results = a.results or f"results/cifar10_{a.model}"
+  text = None
   for s in ([] if a.aggregate_only else seeds):
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "cifar10_alexnet.py"),
            "--data-dir", a.data_dir, "--model", a.model, "--method-seed", str(s),
@@ -122,16 +132,14 @@ def main(argv=None) -> int:
     if code:
       print(f"cifar10_seeds: seed {s} stopped with exit code {code}", file=sys.stderr)
       return code
-    try:  # the table after every finished seed, so an interrupted series keeps one
-      aggregate(results, [0, *seeds])
-    except ValueError as e:
-      print(f"cifar10_seeds: {e}", file=sys.stderr)
-      return 2
-  try:
-    text = aggregate(results, [0, *seeds])
-  except ValueError as e:
-    print(f"cifar10_seeds: {e}", file=sys.stderr)
-    return 2
+    # the table after every finished seed, so an interrupted series keeps one
+    code, text = _aggregate_or_exit(results, [0, *seeds])
+    if code:
+      return code
+  if a.aggregate_only:
+    code, text = _aggregate_or_exit(results, [0, *seeds])
+    if code:
+      return code
   if text is None:
     print("cifar10_seeds: fewer than 2 seeds finished; no table yet", file=sys.stderr)
     return 0
