@@ -172,7 +172,8 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   spent = finished_spent(W, "proact")
   fit_epochs = max(fit_epochs, spent or 0)
   methods = {
-      "ranger": ["--method", "ranger", "--granularity", "layer"],
+      # the seed picks Ranger's 3,000 profiling images (every repeat draws its own)
+      "ranger": ["--method", "ranger", "--granularity", "layer", "--seed", str(a.method_seed)],
       "ft-clipact": ["--method", "ft-clipact", *fi, "--seed", str(a.method_seed)],
       "proact": ["--method", "proact", "--last-epochs", str(last), "--epochs", str(layer),
                  "--lr", "0.01", "--target", "1.0", "--kd-direction", "student-teacher",
