@@ -5,28 +5,13 @@ import tempfile
 
 import pytest
 
-# Keep the suite on CPU; subprocess tests append their own XLA_FLAGS to the run's (below).
+# Keep the suite on CPU; subprocess tests append their own XLA_FLAGS to the inherited ones.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 _CACHE_OWNER = "PROACT_TEST_CACHE_OWNER"
 
 
-# The suite's programs are small and mostly compiled once, so LLVM's optimisation passes cost
-# more than they save: at opt level 0 test_activation_faults.py ran in 126-133 s against 184-187 s
-# by default (one process, same machine, one session). XLA's HLO passes (fusion, layout) still
-# run, and every comparison in the suite is between two runs with the same flags (subprocesses
-# append their flags to the inherited ones). A user's XLA_FLAGS that sets the level is kept.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-
-
 def pytest_configure(config):
-  if not os.environ.get("PYTEST_XDIST_WORKER") and \
-      "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f'{os.environ.get("XLA_FLAGS", "")} {TEST_XLA_FLAGS}'.strip()
-  _compilation_cache()
-
-
-def _compilation_cache():
   """One persistent XLA compilation cache for the whole run, shared by the xdist workers and the
   CLI subprocesses (they inherit the environment set here, before the workers start).
 

@@ -102,12 +102,14 @@ def test_flipped_bits_are_exactly_the_counted_flips(fmt, bits):
   f = get_format(fmt)
   plan = neuron_faults.activation_plan(
       faults.FaultSpace(collections=("activations",), bit_lo=bits[0], bit_hi=bits[1]), f, 0.05)
-  clean, n0 = neuron_faults.faulty_apply(net, v, x, jax.random.PRNGKey(0), 0.0, plan)
+  # compiled once (the BER is traced), as a campaign runs it; op by op it compiled ~70-170 ops
+  apply = jax.jit(lambda v, x, key, ber: neuron_faults.faulty_apply(net, v, x, key, ber, plan))
+  clean, n0 = apply(v, x, jax.random.PRNGKey(0), 0.0)
   assert int(n0.sum()) == 0
   raw = net.apply(v, x)
   enc = jax.vmap(f.encode)(raw)  # per image (int8: per-image scale)
   np.testing.assert_array_equal(np.asarray(clean), np.asarray(jax.vmap(f.decode)(*enc)))
-  faulty, n = neuron_faults.faulty_apply(net, v, x, jax.random.PRNGKey(1), 0.05, plan)
+  faulty, n = apply(v, x, jax.random.PRNGKey(1), 0.05)
   words = jax.vmap(lambda a, s: faults._encode_with(f, a, s))(faulty, enc[1])
   diff = np.asarray(words ^ enc[0], np.uint64)
   popcount = np.array([[bin(int(d)).count("1") for d in row] for row in diff])
@@ -123,7 +125,8 @@ def test_layer_filter_flips_one_site_only():
   plan = neuron_faults.activation_plan(space, "float32", 1e-2)
   sizes = {s: a[0].size for s, a in pj.transform.network.capture(model, v, X[:1]).items()}
   assert neuron_faults.activation_bits(model, v, SHAPE, plan) == 32 * sizes["act1"]
-  _, n = neuron_faults.faulty_apply(model, v, X[:4], jax.random.PRNGKey(0), 1e-2, plan)
+  _, n = jax.jit(lambda v, x, key: neuron_faults.faulty_apply(model, v, x, key, 1e-2, plan))(
+      v, X[:4], jax.random.PRNGKey(0))
   assert int(n.sum()) > 0
   r = campaign.run_campaign(jax.random.PRNGKey(0), {"relu": (model, v)}, DATA, [1e-2], 2,
                             space=space, progress=False)

@@ -94,10 +94,11 @@ def test_matches_numpy_reference(fmt, ber, cap):
   masks = np.asarray(masks).astype(np.uint64)
   assert sum(bin(int(m)).count("1") for m in masks) == int(k)  # exactly k distinct flips
   off = 0
+  encode = jax.jit(fm.encode)  # one program per leaf shape, not each op on its own
   for path in faults.fault_leaves(v, space):
     x = np.asarray(functools.reduce(lambda d, p: d[p], path.split("/"), v))
     bits, aux = _ref_encode(fmt, x.ravel())
-    enc, jax_aux = fm.encode(jnp.asarray(x))
+    enc, jax_aux = encode(jnp.asarray(x))
     np.testing.assert_array_equal(np.asarray(enc).ravel(), bits)  # integer domain agrees before the flips
     if fmt == "int8":  # XLA may divide by 127 as a multiply: the scale can differ by an ulp
       assert abs(float(jax_aux) - float(aux)) <= 2e-7 * float(aux)
@@ -223,18 +224,22 @@ def test_float32_many_flips_and_traced_ber():
 def test_stuck_at_flip_n_toolbox():
   v = _tree()
   q = faults.quantize_variables(v, "float32")
+  # compiled, as a campaign runs them (eagerly, their many small ops each compile on their own)
+  stuck_at = jax.jit(faults.stuck_at, static_argnums=(2, 3, 4))
+  flip_n = jax.jit(faults.flip_n, static_argnums=(2, 3))
+  floor_flips = jax.jit(faults.toolbox_floor_flips, static_argnums=(2, 3))
   for value in (0, 1):
-    out, _ = faults.stuck_at(jax.random.key(5), v, 0.1, value, "float32")
+    out, _ = stuck_at(jax.random.key(5), v, 0.1, value, "float32")
     for a, b in zip(jax.tree_util.tree_leaves(out["params"]),
                     jax.tree_util.tree_leaves(q["params"])):
       a, b = np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32)
       assert ((a | b) == a).all() if value else ((a & b) == a).all()
-  out, n = faults.flip_n(jax.random.key(6), v, 37, "float32")
+  out, n = flip_n(jax.random.key(6), v, 37, "float32")
   diff = sum(bin(int(d)).count("1") for x, y in zip(jax.tree_util.tree_leaves(out),
                                                      jax.tree_util.tree_leaves(q))
              for d in (np.asarray(x).view(np.uint32) ^ np.asarray(y).view(np.uint32)).ravel())
   assert int(n) == diff == 37
-  out, n = faults.toolbox_floor_flips(jax.random.key(7), v, 1e-3, "float32")
+  out, n = floor_flips(jax.random.key(7), v, 1e-3, "float32")
   assert int(n) == (300 * 32) // 1000 + (40 * 32) // 1000  # biases and thresholds: 0 flips
   np.testing.assert_array_equal(np.asarray(out["params"]["Dense_0"]["bias"]),
                                 np.asarray(q["params"]["Dense_0"]["bias"]))
@@ -263,11 +268,14 @@ def test_prequantized_path_is_bit_identical(fmt):
   cases = [("flip", faults.FaultSpace(), 0.02, 400), ("flip", faults.FaultSpace(), 0.02, 3),
            ("flip", faults.FaultSpace(), 0.8, 3), ("flip", layer, 0.1, 60),
            ("set1", faults.FaultSpace(), 0.05, 400), ("flip_n", faults.FaultSpace(), 37, 37)]
-  if fmt not in ("q15.16", "int8"):
-    # the cap/dense/stuck-at/flip_n logic is format-independent and covered by the default
-    # format and int8 (whose scales travel in aux); the other fixed-point format checks the
-    # encode/decode path on the whole tree and on a bit range of one layer, the float formats
-    # on the whole tree (each case costs two compilations)
+  # The cap/dense/stuck-at/flip_n logic is format-independent and covered by the default format;
+  # int8 (whose scales travel in aux) runs the flip cases, sparse, dense and on a bit range of
+  # one layer (set1 and flip_n meet the scales exactly as flip does); the other fixed-point
+  # format checks the encode/decode path on the whole tree and on a bit range of one layer, the
+  # float formats on the whole tree (each case costs two compilations).
+  if fmt == "int8":
+    cases = cases[:4]
+  elif fmt != "q15.16":
     cases = [cases[0], cases[3]] if fmt.startswith("q") else [cases[0]]
   for i, (kind, space, rate, cap) in enumerate(cases):
     key = jax.random.key(20 + i)

@@ -211,8 +211,8 @@ def test_clean_reference_is_the_whole_model_in_the_format(work):
   norm = lambda x: pj.normalize(x, np.asarray(meta["mean"]), np.asarray(meta["std"]))
   test = pj.make_eval_set(norm(ds.x_test[:101]), ds.y_test[:101])
   h = methods.ranger(model, variables, norm(ds.x_train[:300]), test)
-  trees = [pj.flip_bits(jax.random.PRNGKey(0), h.variables, 0.0, "q3.4",
-                        pj.FaultSpace(collections=cols))[0]
+  flip = jax.jit(pj.flip_bits, static_argnums=(2, 3, 4))  # one program, not op by op
+  trees = [flip(jax.random.PRNGKey(0), h.variables, 0.0, "q3.4", pj.FaultSpace(collections=cols))[0]
            for cols in (("params", "thresholds"), ("params",), ("thresholds",))]
   for t in trees[1:]:
     for a, b in zip(jax.tree_util.tree_leaves(trees[0]), jax.tree_util.tree_leaves(t)):

@@ -32,6 +32,7 @@ set-up runs for every trial (its loop still runs only for trials that need it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Sequence
 
@@ -222,8 +223,15 @@ def quantize_with_aux(variables: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
   int8 per-tensor scale of the clean tensor (re-quantising an int8 tensor can change its scale
   by an ulp, so it is carried, not recomputed), 1 for the other formats.
   """
+  # compiled as one program: run op by op, each leaf shape compiled a dozen element-wise ops of
+  # its own (140 of a small campaign's 144 compilations, ~26 s of its 35 s)
+  return _quantize_with_aux(variables, get_format(fmt), space)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _quantize_with_aux(variables: Any, fmt: NumberFormat, space: FaultSpace):
   aux = {}
-  out = _quantized(_flat(variables), get_format(fmt), space, aux)
+  out = _quantized(_flat(variables), fmt, space, aux)
   return traverse_util.unflatten_dict(out), aux
 
 
