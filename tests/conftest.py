@@ -5,7 +5,7 @@ import tempfile
 
 import pytest
 
-# Keep the suite on CPU; subprocess tests append their own XLA_FLAGS to the inherited ones.
+# Keep the suite on CPU and single-threaded-friendly; subprocess tests set their own XLA_FLAGS.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 _CACHE_OWNER = "PROACT_TEST_CACHE_OWNER"

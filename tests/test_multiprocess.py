@@ -30,8 +30,7 @@ def _free_port() -> int:
 
 def _env(devices: int) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = (f'{os.environ.get("XLA_FLAGS", "")} '  # the run's flags (conftest.py)
-                      f"--xla_force_host_platform_device_count={devices}")
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return env
 
 
