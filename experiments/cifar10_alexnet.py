@@ -3,7 +3,10 @@ Eq. 9, corrected statistics. Every stage resumes (a finished stage is skipped wh
 each stage's exact command and wall time goes to RESULTS/stages.json (the time summed over the
 invocations of a stage that was interrupted and resumed; WORK/stage_clock.json keeps the running
 total). Wall time includes any time the job was paused (SIGSTOP) to give the cores to a timing
-benchmark or a CI check; results/README.md says where that happened.
+benchmark or a CI check; results/README.md says where that happened. A hardening stage
+writes its thresholds to RESULTS/hardened/NAME.thresholds.npz (committed); when WORK is lost
+(a new machine, a new checkout) the stage is restored from that file on the baseline, its
+content hash checked, instead of run again: only the baseline must be retrained (bit for bit).
 
 ``--model resnet20`` (or vgg16) runs the same stages on the second architecture of Table IV
 (issue 14 item 7) into runs/cifar10_MODEL and results/cifar10_MODEL. VGG-16 is not the default
@@ -109,7 +112,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # experiments/pipeline_records.py
 from pipeline_records import (finished_spent, record_baseline, record_hardened,  # noqa: E402
-                              save_json, spent_epochs, training_time)  # noqa: F401 (tests)
+                              restore_hardened, save_json, spent_epochs,  # noqa: F401 (tests)
+                              training_time)
 
 PAPER_BERS = "1e-7,3e-7,1e-6,3e-6,1e-5,3e-5"
 RULES = ("bernoulli", "toolbox-floor")
@@ -169,7 +173,7 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   # ProAct before FitAct: a ProAct site whose guard refuses is retrained with the next
   # regularisation weight, so ProAct may spend more epochs than planned; FitAct then gets the
   # epochs ProAct actually spent (read from its progress file once it finished)
-  spent = finished_spent(W, "proact")
+  spent = finished_spent(W, "proact", R)
   fit_epochs = max(fit_epochs, spent or 0)
   methods = {
       # the seed picks Ranger's 3,000 profiling images (every repeat draws its own)
@@ -349,6 +353,15 @@ def main(argv=None) -> int:
     if only is not None and name not in only and not os.path.exists(marker):
       print(f"== {name}: not selected (--only), skipping", flush=True)
       continue
+    if name.startswith("harden-") and not os.path.exists(marker):
+      try:  # hardened in an earlier session whose WORK was lost: its committed thresholds
+        if restore_hardened(name[len("harden-"):], args[args.index("--checkpoint") + 1],
+                            os.path.dirname(marker), a.results):
+          print(f"== {name}: restored from {a.results}/hardened (thresholds file)", flush=True)
+      except ValueError as e:
+        print(f"cifar10_{a.model}: {name}: {e} (remove the file to harden again)",
+              file=sys.stderr)
+        return 2
     if os.path.exists(marker):
       print(f"== {name}: done, skipping", flush=True)
       if name == "baseline" and a.baseline:  # not trained by this run
@@ -376,7 +389,7 @@ def main(argv=None) -> int:
                       *(("small_cnn", "digits") if a.smoke else (a.model, "cifar10")))
     elif name.startswith("harden-") and os.path.exists(marker):
       record_hardened(name[len("harden-"):], os.path.dirname(marker), a.results)
-  budget["spent_epochs"] = {m: finished_spent(a.work, m)  # null: not finished
+  budget["spent_epochs"] = {m: finished_spent(a.work, m, a.results)  # null: not finished
                             for m in ("fitact", "proact", "proact-ts")}
   save_json(os.path.join(a.results, "budget.json"), budget)
   save_json(path, done)

@@ -51,14 +51,25 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
   """Copies a hardened checkpoint's metadata into RESULTS/hardened/NAME.json (test and
   validation accuracy, baseline, thresholds per site, wall time; the weights stay in WORK) with,
   for FitAct and ProAct, the search history from its progress file: per site the
-  regularisation weights tried, the epochs each ran and which was kept."""
+  regularisation weights tried, the epochs each ran and which was kept. The thresholds
+  themselves (and the full meta.json) go to RESULTS/hardened/NAME.thresholds.npz
+  (``proact_jax.export_thresholds``; 0.1-300 KB), from which :func:`restore_hardened` rebuilds
+  the checkpoint on its baseline. A checkpoint so restored has no progress file: its existing
+  record, of the same content hash, is kept as it is."""
   with open(os.path.join(out_dir, "meta.json")) as f:
     meta = json.load(f)
   record = {k: meta[k] for k in ("method", "model", "dataset", "accuracy", "baseline_accuracy",
                                  "val_accuracy", "seed", "method_seed", "content_sha256")
             if k in meta}  # seed: the baseline's training seed; method_seed: the method's
   record["hardening"] = meta.get("hardening", {})
+  hardened = os.path.join(results_dir, "hardened")
+  path = os.path.join(hardened, f"{name}.json")
+  if os.path.isdir(os.path.join(out_dir, "variables")):  # a real checkpoint: keep its thresholds
+    from proact_jax.training.thresholds_file import export_thresholds
+    export_thresholds(out_dir, os.path.join(hardened, f"{name}.thresholds.npz"))
   stages = progress_stages(out_dir + ".progress")
+  if stages is None and _same_record(path, meta):
+    return  # restored from its thresholds file: the record (with its search) stands
   if stages is not None:
     record["search"] = [{"site": st.get("stage"), "kept_gamma": st.get("gamma"),
                          "kept": st.get("kept"),
@@ -66,9 +77,34 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
                                    for h in st.get("history", []) if isinstance(h, dict)]}
                         for st in stages]
     record["spent_epochs"] = _epochs(stages)
-  os.makedirs(os.path.join(results_dir, "hardened"), exist_ok=True)
-  path = os.path.join(results_dir, "hardened", f"{name}.json")
+  os.makedirs(hardened, exist_ok=True)
   save_json(path, record, indent=1)
+
+
+def _same_record(path: str, meta: dict) -> bool:
+  """Whether RESULTS/hardened/NAME.json already records the checkpoint with this ``meta``."""
+  if "content_sha256" not in meta or not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return json.load(f).get("content_sha256") == meta["content_sha256"]
+
+
+def restore_hardened(name: str, baseline_model: str, out_dir: str, results_dir: str) -> bool:
+  """Rebuilds the hardened checkpoint OUT_DIR from RESULTS/hardened/NAME.thresholds.npz and
+  the baseline (``proact_jax.import_thresholds``: the same meta.json and variables, its content hash
+  checked);
+  False when there is no such file. A WORK directory lost between sessions then costs the
+  baseline's retraining only, not every method's hardening again.
+
+  Raises:
+    ValueError: the file does not fit this baseline.
+  """
+  from proact_jax.training.thresholds_file import import_thresholds
+  npz = os.path.join(results_dir, "hardened", f"{name}.thresholds.npz")
+  if not os.path.exists(npz) or os.path.exists(os.path.join(out_dir, "meta.json")):
+    return False
+  import_thresholds(npz, baseline_model, out_dir)
+  return True
 
 
 def progress_stages(progress_dir: str) -> list | None:
@@ -93,7 +129,21 @@ def _epochs(stages: list) -> int:
              for s in stages for h in s.get("history", []))
 
 
-def finished_spent(work: str, method: str) -> int | None:
-  """Epochs a FINISHED hardening run in WORK/faithful/METHOD spent (None if not finished)."""
+def finished_spent(work: str, method: str, results: str | None = None) -> int | None:
+  """Epochs a FINISHED hardening run in WORK/faithful/METHOD spent (None if not finished).
+
+  Without its progress file (a checkpoint restored from its thresholds file), the
+  ``spent_epochs`` of RESULTS/hardened/METHOD.json, when that record is of this checkpoint."""
   out = os.path.join(work, "faithful", method)
-  return spent_epochs(out + ".progress") if os.path.exists(os.path.join(out, "meta.json")) else None
+  meta_path = os.path.join(out, "meta.json")
+  if not os.path.exists(meta_path):
+    return None
+  spent = spent_epochs(out + ".progress")
+  if spent is None and results is not None:
+    record = os.path.join(results, "hardened", f"{method}.json")
+    with open(meta_path) as f:
+      meta = json.load(f)
+    if _same_record(record, meta):
+      with open(record) as f:
+        spent = json.load(f).get("spent_epochs")
+  return spent
