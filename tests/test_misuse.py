@@ -20,12 +20,12 @@ from proact_jax import cli, methods
 
 from misuse_helpers import (  # tests/misuse_helpers.py
     HARDEN, SWEEP, _refused, _refused_unchanged, _subprocess, _garble, _meta_path, _campaign,
-    _copy_ckpt, make_work)
+    _copy_ckpt)
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
-  return make_work(tmp_path_factory)
+def work(misuse_work):  # conftest.py: built once per worker, read only
+  return misuse_work
 
 
 def test_corrupt_checkpoint_is_refused(work, tmp_path, capsys):

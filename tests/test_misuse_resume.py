@@ -18,12 +18,12 @@ import proact_jax as pj
 from proact_jax import cli, methods
 
 from misuse_helpers import (  # tests/misuse_helpers.py
-    HARDEN, SWEEP, _cli, _refused, _refused_unchanged, _subprocess, _module_with, make_work)
+    HARDEN, SWEEP, _cli, _refused, _refused_unchanged, _subprocess, _module_with)
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
-  return make_work(tmp_path_factory)
+def work(misuse_work):  # conftest.py: built once per worker, read only
+  return misuse_work
 
 
 def test_harden_refuses_stale_or_damaged_progress(work, tmp_path, capsys):

@@ -11,18 +11,18 @@ import pytest
 import proact_jax as pj
 from proact_jax import methods
 import proact_jax as tf  # the re-exported names
-from misuse_helpers import make_work
 
 
 @pytest.fixture(scope="module")
-def hardened(tmp_path_factory):
-  work = make_work(tmp_path_factory)
+def hardened(misuse_work, tmp_path_factory):
+  work = misuse_work
   model, variables, meta = work["model"], work["variables"], work["meta"]
   ds = pj.load_dataset("digits")
   norm = lambda x: pj.normalize(x, np.asarray(meta["mean"]), np.asarray(meta["std"]))
   test = pj.make_eval_set(norm(ds.x_test[:64]), ds.y_test[:64])
   h = methods.ranger(model, variables, norm(ds.x_train[:200]), test, "neuron")
-  path = methods.save_hardened(str(work["root"] / "h"), h, meta, 0.5, method_seed=3)
+  path = methods.save_hardened(str(tmp_path_factory.mktemp("h") / "h"), h, meta, 0.5,
+                               method_seed=3)
   return {**work, "hardened": path}
 
 
