@@ -31,11 +31,21 @@ def record_baseline(run_dir: str, results_dir: str, model: str = "alexnet",
 
   Writes ``metrics.jsonl`` (one line per epoch), ``config.json`` (the training configuration),
   ``meta.json`` (the exported model's metadata: test and best validation accuracy) and
-  ``learning_curve.png``; the weights stay in WORK (about 93 MB, not committed).
+  ``learning_curve.png``. The weights of a model under SMALL_BASELINE bytes (ResNet-20: 1.1 MB)
+  also go to ``model.npz`` (``proact_jax.export_checkpoint``), from which
+  :func:`restore_baseline` rebuilds the checkpoint when WORK is lost; larger ones (AlexNet:
+  93 MB) stay in WORK and are retrained (bit for bit). A run restored that way has no learning
+  record of its own: the committed one stands.
   """
   from proact_jax.report.plots import plot_learning_curve
   out = os.path.join(results_dir, "baseline")
+  if not os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+    return  # restored from RESULTS/baseline/model.npz
   os.makedirs(out, exist_ok=True)
+  ckpt = os.path.join(run_dir, "model")
+  if os.path.isdir(os.path.join(ckpt, "variables")) and _nbytes(ckpt) <= SMALL_BASELINE:
+    from proact_jax.training.portable import export_checkpoint
+    export_checkpoint(ckpt, os.path.join(out, "model.npz"))
   for src in ("metrics.jsonl", "config.json", os.path.join("model", "meta.json")):
     shutil.copyfile(os.path.join(run_dir, src), os.path.join(out, os.path.basename(src)))
   rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
@@ -45,6 +55,27 @@ def record_baseline(run_dir: str, results_dir: str, model: str = "alexnet",
                       f"{name} / {dataset.upper().replace('CIFAR', 'CIFAR-')}, "
                       f"{len(rows)} epochs: "
                       f"test {100 * meta['accuracy']:.2f} %")
+
+
+SMALL_BASELINE = 8 << 20  # bytes of variables: committed with the results below this
+
+
+def _nbytes(checkpoint: str) -> int:
+  """Bytes of a checkpoint's variables on disk (orbax files, about the arrays' size)."""
+  root = os.path.join(checkpoint, "variables")
+  return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(root) for f in fs)
+
+
+def restore_baseline(run_dir: str, results_dir: str) -> bool:
+  """Rebuilds RUN_DIR/model from RESULTS/baseline/model.npz (its content hash checked); False
+  when there is no such file or the checkpoint exists."""
+  from proact_jax.training.portable import import_checkpoint
+  npz = os.path.join(results_dir, "baseline", "model.npz")
+  ckpt = os.path.join(run_dir, "model")
+  if not os.path.exists(npz) or os.path.exists(os.path.join(ckpt, "meta.json")):
+    return False
+  import_checkpoint(npz, ckpt)
+  return True
 
 
 def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
@@ -65,7 +96,7 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
   hardened = os.path.join(results_dir, "hardened")
   path = os.path.join(hardened, f"{name}.json")
   if os.path.isdir(os.path.join(out_dir, "variables")):  # a real checkpoint: keep its thresholds
-    from proact_jax.training.thresholds_file import export_thresholds
+    from proact_jax.training.portable import export_thresholds
     export_thresholds(out_dir, os.path.join(hardened, f"{name}.thresholds.npz"))
   stages = progress_stages(out_dir + ".progress")
   if stages is None and _same_record(path, meta):
@@ -99,7 +130,7 @@ def restore_hardened(name: str, baseline_model: str, out_dir: str, results_dir: 
   Raises:
     ValueError: the file does not fit this baseline.
   """
-  from proact_jax.training.thresholds_file import import_thresholds
+  from proact_jax.training.portable import import_thresholds
   npz = os.path.join(results_dir, "hardened", f"{name}.thresholds.npz")
   if not os.path.exists(npz) or os.path.exists(os.path.join(out_dir, "meta.json")):
     return False

@@ -36,8 +36,8 @@ from proact_jax.models import MODELS, create_model, register_model
 from proact_jax.transform.clip import ClippedFunction, clip_activations
 from proact_jax.transform.network import Network, function_network
 from proact_jax.training.checkpoint import load_checkpoint, save_checkpoint
-from proact_jax.training.thresholds_file import (export_thresholds, import_thresholds,
-                                                 read_thresholds)
+from proact_jax.training.portable import (export_checkpoint, export_thresholds,
+                                         import_checkpoint, import_thresholds, read_thresholds)
 from proact_jax.version import __version__
 
 __all__ = [
@@ -51,5 +51,6 @@ __all__ = [
     "site_names", "site_optimizer", "site_order", "smooth_clip", "split", "split_train_val",
     "stuck_at", "subset", "thresholds_from_profile", "toolbox_floor_flips",
     "ClippedFunction", "clip_activations", "Network", "function_network",
-    "export_thresholds", "import_thresholds", "read_thresholds",
+    "export_checkpoint", "export_thresholds", "import_checkpoint", "import_thresholds",
+    "read_thresholds",
 ]

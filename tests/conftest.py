@@ -59,6 +59,6 @@ def _release_compiled_code():
 @pytest.fixture(scope="session")
 def misuse_work(tmp_path_factory):
   """A 1-epoch digits baseline and a perturbed copy (misuse_helpers.make_work), built once per
-  worker for the modules that only read them (test_misuse*, test_thresholds_file)."""
+  worker for the modules that only read them (test_misuse*, test_portable)."""
   from misuse_helpers import make_work
   return make_work(tmp_path_factory)

@@ -35,7 +35,8 @@ PUBLIC = set("""
     split_train_val stuck_at subset thresholds_from_profile toolbox_floor_flips
 """.split()) | {"ClippedFunction", "clip_activations",  # added in 0.2 (issue 13)
                "Network", "function_network"} | {
-                   "export_thresholds", "import_thresholds", "read_thresholds"}  # issue 14
+                   "export_checkpoint", "export_thresholds", "import_checkpoint",
+                   "import_thresholds", "read_thresholds"}  # issue 14
 
 # The 0.1 flat module paths, removed in 0.2 (no alias modules).
 OLD_MODULES = ("activation_faults", "activation_stats", "activations", "campaign", "checkpoint",

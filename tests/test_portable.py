@@ -1,5 +1,7 @@
-"""A hardened checkpoint as a thresholds file (training/thresholds_file.py): exported, put back
-on its baseline byte for byte, and refused on any other baseline or when edited."""
+"""Portable checkpoint files (training/portable.py): a hardened model's thresholds exported and
+put back on its baseline, a whole small checkpoint exported and rebuilt, each the same
+checkpoint again and refused on another baseline or when edited; the issue-14 pipeline restores
+lost stages from them."""
 
 import json
 import os
@@ -118,3 +120,34 @@ def test_pipeline_restores_a_lost_hardening_from_its_committed_file(hardened, tm
   shutil.rmtree(out)
   with pytest.raises(ValueError, match="does not fit baseline"):
     mod.restore_hardened("proact", hardened["other"], str(out), str(res))
+
+
+def test_whole_checkpoint_round_trip_and_pipeline_baseline(hardened, tmp_path):
+  from test_faithful_pipeline import _load
+  npz = tf.export_checkpoint(hardened["hardened"], str(tmp_path / "c.npz"))
+  out = tf.import_checkpoint(npz, str(tmp_path / "c"))
+  assert (open(os.path.join(out, "meta.json")).read()
+          == open(os.path.join(hardened["hardened"], "meta.json")).read())
+  pj.load_checkpoint(out)
+  with np.load(npz) as z:
+    arrays = {k: z[k] for k in z.files}
+  key = next(k for k in arrays if k.startswith("params/"))
+  arrays[key] = -arrays[key]
+  np.savez(tmp_path / "edited.npz", **arrays)
+  with pytest.raises(ValueError, match="does not fit its own metadata"):
+    tf.import_checkpoint(str(tmp_path / "edited.npz"), str(tmp_path / "e"))
+  assert not os.path.exists(tmp_path / "e")
+  # the pipeline: a small baseline's weights are recorded with its learning record ...
+  mod = _load()
+  res = tmp_path / "r"
+  mod.record_baseline(hardened["run"], str(res), "small_cnn", "digits")
+  recorded = _files(str(res))
+  assert "baseline/model.npz" in recorded and "baseline/metrics.jsonl" in recorded
+  # ... and rebuilt from it once WORK is gone; the restored run leaves the record as it is
+  run = tmp_path / "w" / "base"
+  assert mod.restore_baseline(str(run), str(res)) is True
+  assert (run / "model" / "meta.json").read_text() == open(
+      os.path.join(hardened["base"], "meta.json")).read()
+  assert mod.restore_baseline(str(run), str(res)) is False
+  mod.record_baseline(str(run), str(res), "small_cnn", "digits")
+  assert _files(str(res)) == recorded
