@@ -397,6 +397,7 @@ def main(argv=None) -> int:
                       *(("small_cnn", "digits") if a.smoke else (a.model, "cifar10")))
     elif name.startswith("harden-") and os.path.exists(marker):
       record_hardened(name[len("harden-"):], os.path.dirname(marker), a.results)
+  _, budget = plan(a)  # as the checkpoints now stand (restored ones included)
   budget["spent_epochs"] = {m: finished_spent(a.work, m, a.results)  # null: not finished
                             for m in ("fitact", "proact", "proact-ts")}
   save_json(os.path.join(a.results, "budget.json"), budget)
