@@ -84,7 +84,7 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
   for FitAct and ProAct, the search history from its progress file: per site the
   regularisation weights tried, the epochs each ran and which was kept. The thresholds
   themselves (and the full meta.json) go to RESULTS/hardened/NAME.thresholds.npz
-  (``proact_jax.export_thresholds``; 0.1-300 KB), from which :func:`restore_hardened` rebuilds
+  (``proact_jax.export_thresholds``; 2 KB to 0.3 MB), from which :func:`restore_hardened` rebuilds
   the checkpoint on its baseline. A checkpoint so restored has no progress file: its existing
   record, of the same content hash, is kept as it is."""
   with open(os.path.join(out_dir, "meta.json")) as f:
@@ -122,9 +122,8 @@ def _same_record(path: str, meta: dict) -> bool:
 
 def restore_hardened(name: str, baseline_model: str, out_dir: str, results_dir: str) -> bool:
   """Rebuilds the hardened checkpoint OUT_DIR from RESULTS/hardened/NAME.thresholds.npz and
-  the baseline (``proact_jax.import_thresholds``: the same meta.json and variables, its content hash
-  checked);
-  False when there is no such file. A WORK directory lost between sessions then costs the
+  the baseline (``proact_jax.import_thresholds``: the same meta.json and variables, its
+  content hash checked); False when there is no such file. A WORK directory lost between sessions then costs the
   baseline's retraining only, not every method's hardening again.
 
   Raises:

@@ -5,7 +5,8 @@ Every method of the paper leaves the baseline's weights untouched and adds a ``t
 collection (a few values per site for Ranger, FT-ClipAct and ProAct, one per neuron for FitAct:
 0.0003 % to 0.3 % of AlexNet's weights). :func:`export_thresholds` writes that collection and
 the checkpoint's ``meta.json`` to one ``.npz`` (exact float32 bytes, no pickle), small enough to
-commit next to the results it produced or to share beside a public baseline;
+commit next to the results it produced or to share beside a public baseline (the same
+checkpoint always gives the same bytes: no timestamps);
 :func:`import_thresholds` puts it back on the baseline's weights and writes the hardened
 checkpoint again. :func:`export_checkpoint` / :func:`import_checkpoint` do the same with every
 collection (for a model small enough to commit, e.g. ResNet-20's 1.1 MB). Either way the
@@ -33,6 +34,7 @@ __all__ = ["export_checkpoint", "export_thresholds", "import_checkpoint", "impor
            "read_thresholds"]
 _META = "__meta__"
 _SEP = "/"
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # every zip entry's timestamp: exports are byte-reproducible
 
 
 def _load_checked(checkpoint: str) -> tuple[dict, dict]:
@@ -48,9 +50,14 @@ def _write(path: str, tree: dict, meta: dict, what: str) -> str:
   if any(k.startswith("__") for k in flat):
     raise ValueError(f"a variable is named like {_META}; it cannot be exported")
   check_regular_output(path, what)
-  buf = io.BytesIO()
-  np.savez_compressed(buf, **flat, **{_META: np.frombuffer(
-      json.dumps(meta, sort_keys=True).encode(), np.uint8)})
+  flat[_META] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+  buf = io.BytesIO()  # np.savez_compressed's layout, without its clock: the same bytes each time
+  with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    for name in sorted(flat):
+      info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
+      info.compress_type = zipfile.ZIP_DEFLATED
+      with zf.open(info, "w", force_zip64=True) as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(flat[name]), allow_pickle=False)
   write_bytes_atomic(path, buf.getvalue())
   return path
 
