@@ -57,7 +57,7 @@ def _write(path: str, tree: dict, meta: dict, what: str) -> str:
       info = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
       info.compress_type = zipfile.ZIP_DEFLATED
       with zf.open(info, "w", force_zip64=True) as f:
-        np.lib.format.write_array(f, np.ascontiguousarray(flat[name]), allow_pickle=False)
+        np.lib.format.write_array(f, np.asarray(flat[name]), allow_pickle=False)
   write_bytes_atomic(path, buf.getvalue())
   return path
 
