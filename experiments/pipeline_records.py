@@ -95,9 +95,10 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
   record["hardening"] = meta.get("hardening", {})
   hardened = os.path.join(results_dir, "hardened")
   path = os.path.join(hardened, f"{name}.json")
-  if os.path.isdir(os.path.join(out_dir, "variables")):  # a real checkpoint: keep its thresholds
-    from proact_jax.training.portable import export_thresholds
-    export_thresholds(out_dir, os.path.join(hardened, f"{name}.thresholds.npz"))
+  npz = os.path.join(hardened, f"{name}.thresholds.npz")
+  if os.path.isdir(os.path.join(out_dir, "variables")) and not _exported(npz, meta):
+    from proact_jax.training.portable import export_thresholds  # loads the whole checkpoint:
+    export_thresholds(out_dir, npz)                               # once, not every invocation
   stages = progress_stages(out_dir + ".progress")
   if stages is None and _same_record(path, meta):
     return  # restored from its thresholds file: the record (with its search) stands
@@ -110,6 +111,16 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
     record["spent_epochs"] = _epochs(stages)
   os.makedirs(hardened, exist_ok=True)
   save_json(path, record, indent=1)
+
+
+def _exported(npz: str, meta: dict) -> bool:
+  """Whether NPZ already holds the checkpoint with this ``meta`` (the same content hash)."""
+  from proact_jax.training.portable import read_thresholds
+  try:
+    return os.path.exists(npz) and read_thresholds(npz)[1].get("content_sha256") == meta.get(
+        "content_sha256")
+  except ValueError:
+    return False
 
 
 def _same_record(path: str, meta: dict) -> bool:
