@@ -7,7 +7,7 @@ benchmark or a CI check; results/README.md says where that happened. A hardening
 writes its thresholds to RESULTS/hardened/NAME.thresholds.npz (committed), and a baseline
 under 8 MB (ResNet-20, not AlexNet) its weights to RESULTS/baseline/model.npz; when WORK is
 lost (a new machine, a new checkout) such a stage is restored from its file, the content hash
-checked, instead of run again (AlexNet's baseline is retrained, bit for bit, in ~62 min).
+checked, instead of run again (AlexNet's baseline is retrained, bit for bit, in about an hour).
 
 ``--model resnet20`` (or vgg16) runs the same stages on the second architecture of Table IV
 (issue 14 item 7) into runs/cifar10_MODEL and results/cifar10_MODEL. VGG-16 is not the default
