@@ -14,8 +14,9 @@ run's pairwise decisions, since the table's intervals are across seeds).
 
 It writes RESULTS/seeds/seeds.json (per finished seed: each method's test accuracy and clean
 drop, the campaign's mean per variant and BER) and RESULTS/seeds/table.md
-(:func:`proact_jax.report.seeds.seeds_table`), from the seeds whose hardening and campaign are
-finished (at least 2, seed 0 included when done), after every seed that finishes.
+(:func:`proact_jax.report.seeds.seeds_table`), from every seed whose hardening and campaign are
+finished (seed 0 and every RESULTS/seeds/sS, whichever seeds this invocation runs; at least 2),
+after every seed that finishes.
 
 Commands (from the repository root; about 2.5 h of hardening per seed on this CPU, idle, plus
 the campaign: see results/README.md):
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -71,11 +73,20 @@ def seed_record(results_dir: str, seed: int) -> dict | None:
           "bers": [float(b) for b in res.bers], "campaign": {"bernoulli": campaign}}
 
 
+def seeds_on_disk(results: str) -> list[int]:
+  """The method seeds with a RESULTS/seeds/sS folder, finished or not."""
+  folder = os.path.join(results, "seeds")
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  return sorted(int(n[1:]) for n in names if re.fullmatch(r"s[1-9][0-9]*", n))
+
+
 def aggregate(results: str, seeds: list[int]) -> str | None:
-  """Writes RESULTS/seeds/{seeds.json, table.md} from the finished seeds; returns the table
-  (None with fewer than 2 finished seeds)."""
+  """Writes RESULTS/seeds/{seeds.json, table.md} from every finished seed: seed 0, ``seeds``,
+  and any other seed already in RESULTS/seeds (a run of ``--seeds 4`` must not drop seeds 1-3
+  from the table); returns the table (None with fewer than 2 finished seeds)."""
   from proact_jax.core.files import write_bytes_atomic, write_json_atomic
   from proact_jax.report.seeds import seeds_table
+  seeds = sorted({0, *seeds, *seeds_on_disk(results)})
   runs = [r for r in (seed_record(seed_dirs(results, s), s) for s in seeds) if r is not None]
   if len(runs) < 2:
     return None

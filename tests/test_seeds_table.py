@@ -70,11 +70,13 @@ def test_cifar10_seeds_aggregates_the_finished_seeds(tmp_path):
   rec = mod.seed_record(res, 0)
   assert rec["clean_drop"]["fitact"] == pytest.approx(0.02) and rec["clean_drop"]["relu"] == 0
   assert set(rec["campaign"]["bernoulli"]) == {f"{m}@0.001" for m in METHODS}
-  assert mod.main(["--aggregate-only", "--results", res, "--seeds", "1,2"]) == 0
+  _fake_seed(mod, mod.seed_dirs(res, 3), KEY + 3)
+  # --seeds 2 alone: the table still holds every finished seed in RESULTS (0, 1, 3), not 2
+  assert mod.main(["--aggregate-only", "--results", res, "--seeds", "2"]) == 0
   text = open(os.path.join(res, "seeds", "table.md")).read()
-  assert text.startswith("Method seeds 0, 1 (2 hardenings")
+  assert text.startswith("Method seeds 0, 1, 3 (3 hardenings")
   runs = json.load(open(os.path.join(res, "seeds", "seeds.json")))["runs"]
-  assert [r["seed"] for r in runs] == [0, 1]
+  assert [r["seed"] for r in runs] == [0, 1, 3]
   # ranger, ft-clipact, fitact, proact share one model here: equal means in every seed
   assert "| proact - ranger | +0.00" in text
   with pytest.raises(SystemExit):
