@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -101,13 +100,9 @@ def main():
                         "--out", activations], activations)
   stage("report", ["report", campaign, activations, "--out", a.results],
         os.path.join(a.results, "report.md"))
-  versions = {"python": platform.python_version(), "machine": platform.machine(),
-              "cpus": os.cpu_count()}
-  from importlib.metadata import version
-  for pkg in ("proact-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"):
-    versions[pkg] = version(pkg)
+  from proact_jax.training.environment import environment
   with open(os.path.join(a.results, "versions.json"), "w") as f:
-    json.dump(versions, f, indent=2)
+    json.dump(environment(), f, indent=2)
   print(f"results in {a.results}")
 
 

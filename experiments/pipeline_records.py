@@ -30,8 +30,8 @@ def record_baseline(run_dir: str, results_dir: str, model: str = "alexnet",
   """Copies the baseline's learning record into RESULTS/baseline and draws its curve.
 
   Writes ``metrics.jsonl`` (one line per epoch), ``config.json`` (the training configuration),
-  ``meta.json`` (the exported model's metadata: test and best validation accuracy) and
-  ``learning_curve.png``. The weights of a model under SMALL_BASELINE bytes (ResNet-20: 1.1 MB)
+  ``provenance.json`` (the data digest and the environment: versions, CPU), ``meta.json`` (the
+  exported model's metadata: test and best validation accuracy) and ``learning_curve.png``. The weights of a model under SMALL_BASELINE bytes (ResNet-20: 1.1 MB)
   also go to ``model.npz`` (``proact_jax.export_checkpoint``), from which
   :func:`restore_baseline` rebuilds the checkpoint when WORK is lost; larger ones (AlexNet:
   93 MB) stay in WORK and are retrained (bit for bit). A run restored that way has no learning
@@ -46,8 +46,10 @@ def record_baseline(run_dir: str, results_dir: str, model: str = "alexnet",
   if os.path.isdir(os.path.join(ckpt, "variables")) and _nbytes(ckpt) <= SMALL_BASELINE:
     from proact_jax.training.portable import export_checkpoint
     export_checkpoint(ckpt, os.path.join(out, "model.npz"))
-  for src in ("metrics.jsonl", "config.json", os.path.join("model", "meta.json")):
-    shutil.copyfile(os.path.join(run_dir, src), os.path.join(out, os.path.basename(src)))
+  for src in ("metrics.jsonl", "config.json", "provenance.json",
+              os.path.join("model", "meta.json")):
+    if os.path.exists(os.path.join(run_dir, src)):  # provenance.json: not in proact-jax 0.1 runs
+      shutil.copyfile(os.path.join(run_dir, src), os.path.join(out, os.path.basename(src)))
   rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if l.strip()]
   meta = json.load(open(os.path.join(out, "meta.json")))
   name = {"alexnet": "AlexNet", "resnet20": "ResNet-20", "vgg16": "VGG-16"}.get(model, model)

@@ -58,10 +58,12 @@ def test_record_baseline_copies_the_run_and_draws_its_curve(tmp_path):
   (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   (run / "config.json").write_text('{"epochs": 3}')
   (run / "model" / "meta.json").write_text('{"accuracy": 0.6123}')
+  (run / "provenance.json").write_text('{"data": "d", "environment": {"jaxlib": "0.10.2"}}')
   mod = _load()
   mod.record_baseline(str(run), str(res))
   out = res / "baseline"
   assert (out / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
+  assert (out / "provenance.json").read_text() == (run / "provenance.json").read_text()
   assert json.loads((out / "meta.json").read_text()) == {"accuracy": 0.6123}
   assert (out / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

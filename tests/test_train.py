@@ -73,6 +73,30 @@ def test_resume_continues_from_last_epoch_and_matches(tmp_path):
     train_and_evaluate(TrainConfig(epochs=4, seed=1), str(tmp_path / "cut"), progress=False)
 
 
+def test_provenance_records_the_environment_and_a_resume_in_another_is_told(tmp_path, capsys):
+  """provenance.json holds the environment; resuming after a (simulated) jaxlib change warns on
+  stderr once and appends the new environment; a later resume in that environment is silent."""
+  from proact_jax.training.environment import environment
+  cfg = TrainConfig(model="small_cnn", dataset="digits", epochs=3, batch_size=128, seed=2)
+  run, prov = tmp_path / "run", tmp_path / "run" / "provenance.json"
+  assert train_and_evaluate(cfg, str(run), progress=False, stop_after=1) is None
+  recorded = json.load(open(prov))
+  now = environment()
+  assert recorded["environment"] == json.loads(json.dumps(now)) and "resumed_in" not in recorded
+  import jaxlib
+  assert now["jaxlib"] == jaxlib.__version__ and now["cpus"] == os.cpu_count()
+  recorded["environment"]["jaxlib"] = "0.0.1"
+  json.dump(recorded, open(prov, "w"))
+  capsys.readouterr()
+  assert train_and_evaluate(cfg, str(run), progress=False, stop_after=1) is None
+  err = capsys.readouterr().err
+  assert "another environment (jaxlib: 0.0.1 -> " + now["jaxlib"] in err and "bit for bit" in err
+  assert json.load(open(prov))["resumed_in"] == [json.loads(json.dumps(now))]
+  assert train_and_evaluate(cfg, str(run), progress=False) is not None
+  assert "another environment" not in capsys.readouterr().err
+  assert len(json.load(open(prov))["resumed_in"]) == 1
+
+
 def test_cli_train_errors_are_one_line(tmp_path, capsys):
   assert cli.main(["train", "--model", "nope", "--out", str(tmp_path / "x")]) == 2
   err = capsys.readouterr().err.strip()

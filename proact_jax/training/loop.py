@@ -9,9 +9,12 @@ the same final weights as an uninterrupted run (shuffling and augmentation are d
 
 A run resumes only from what it was started from: ``config.json`` (the configuration) and
 ``provenance.json`` (a digest of the dataset's arrays) must match; run directories of
-proact-jax 0.1 have no ``provenance.json`` and resume on a configuration match. The directory is
-locked (``flock``) while a run lasts, and the run only ever writes its own files (config.json,
-provenance.json, metrics.jsonl, state/, best/, model/).
+proact-jax 0.1 have no ``provenance.json`` and resume on a configuration match.
+``provenance.json`` also records the environment (package versions, CPU, devices:
+``training/environment.py``); a run resumed in another one is told so on stderr and the new
+environment is appended to ``resumed_in``, since XLA's kernels, and so the weights, may differ
+between environments. The directory is locked (``flock``) while a run lasts, and the run only
+ever writes its own files (config.json, provenance.json, metrics.jsonl, state/, best/, model/).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from typing import Any
 
@@ -37,6 +41,8 @@ from proact_jax.data import pipeline
 from proact_jax.data import sources as data_lib
 from proact_jax.models import create_model
 from proact_jax.training import checkpoint as ckpt
+from proact_jax.training.environment import differences as env_differences
+from proact_jax.training.environment import environment
 from proact_jax.version import __version__
 
 
@@ -59,7 +65,7 @@ class TrainConfig:
   seed: int = 0
 
 
-PROVENANCE = "provenance.json"  # {"data": digest of the dataset a run was started on}
+PROVENANCE = "provenance.json"  # {"data": dataset digest, "environment": ..., "resumed_in": [...]}
 
 
 class TrainState(train_state.TrainState):
@@ -194,6 +200,26 @@ def _check_resumable(workdir: str, cfg: dict, data_digest: str) -> None:
                        "differs from the one it was started with); use another --out")
 
 
+def _record_environment(path: str, data_digest: str) -> None:
+  """Writes provenance.json for a new run; for a resumed run started in another environment
+  (package versions, CPU, devices) warns that the result may differ from an uninterrupted run's
+  and appends the new environment to ``resumed_in``."""
+  now = environment()
+  if not os.path.exists(path):
+    ckpt.write_json_atomic(path, {"data": data_digest, "environment": now})
+    return
+  with open(path) as f:
+    prov = json.load(f)
+  resumed = prov.get("resumed_in", [])
+  if any(not env_differences(e, now) for e in [prov.get("environment", {}), *resumed] if e):
+    return
+  if "environment" in prov:  # (runs started before environments were recorded: just record)
+    changed = "; ".join(env_differences(prov["environment"], now))
+    print(f"warning: {os.path.dirname(path)} was started in another environment ({changed}); "
+          "the resumed run may not equal an uninterrupted one bit for bit", file=sys.stderr)
+  ckpt.write_json_atomic(path, {**prov, "resumed_in": [*resumed, now]})
+
+
 def train_and_evaluate(config: TrainConfig, workdir: str, progress: bool = True,
                        stop_after: int | None = None) -> dict | None:
   """Trains, checkpoints every epoch, resumes from ``workdir`` if a run was interrupted.
@@ -233,8 +259,7 @@ def _train(config, workdir, progress, stop_after, ds, mean, std, x_tr, y_tr, x_v
   cfg_path = os.path.join(workdir, "config.json")
   if not os.path.exists(cfg_path):
     ckpt.write_json_atomic(cfg_path, cfg)
-  if not os.path.exists(os.path.join(workdir, PROVENANCE)):
-    ckpt.write_json_atomic(os.path.join(workdir, PROVENANCE), {"data": data_digest})
+  _record_environment(os.path.join(workdir, PROVENANCE), data_digest)
 
   steps = pipeline.num_batches(len(x_tr), config.batch_size, drop_remainder=True)
   if steps == 0:
