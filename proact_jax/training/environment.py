@@ -1,8 +1,9 @@
 """What a run was computed with: package versions, CPU, devices.
 
 XLA's kernels differ between jaxlib builds and between CPUs (vector width, convolution
-algorithms), and a network's training amplifies a last-bit difference into a different model:
-the same command and seed rebuild a run bit for bit only in the same environment. Training
+algorithms), JPEG decoders between builds, and training amplifies a last-bit difference into a
+different model: the same command and seed rebuild a run bit for bit only in the same
+environment. Training
 records :func:`environment` in its ``provenance.json`` and warns when a run resumes in another.
 """
 
@@ -14,7 +15,8 @@ from importlib import metadata
 
 import jax
 
-PACKAGES = ("proact-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+# pillow decodes image-folder datasets (CIFAR-10 as JPEG): libjpeg builds can decode differently
+PACKAGES = ("proact-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pillow")
 
 
 def _cpuinfo(field: str) -> str | None:
