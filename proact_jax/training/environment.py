@@ -3,8 +3,8 @@
 XLA's kernels differ between jaxlib builds and between CPUs (vector width, convolution
 algorithms), JPEG decoders between builds, and training amplifies a last-bit difference into a
 different model: the same command and seed rebuild a run bit for bit only in the same
-environment. Training
-records :func:`environment` in its ``provenance.json`` and warns when a run resumes in another.
+environment. Training records :func:`environment` in its ``provenance.json`` and warns when a
+run resumes in another.
 """
 
 from __future__ import annotations
