@@ -31,8 +31,9 @@ def record_baseline(run_dir: str, results_dir: str, model: str = "alexnet",
 
   Writes ``metrics.jsonl`` (one line per epoch), ``config.json`` (the training configuration),
   ``provenance.json`` (the data digest and the environment: versions, CPU), ``meta.json`` (the
-  exported model's metadata: test and best validation accuracy) and ``learning_curve.png``. The weights of a model under SMALL_BASELINE bytes (ResNet-20: 1.1 MB)
-  also go to ``model.npz`` (``proact_jax.export_checkpoint``), from which
+  exported model's metadata: test and best validation accuracy) and ``learning_curve.png``. The
+  weights of a model under SMALL_BASELINE bytes (ResNet-20: 1.1 MB) also go to ``model.npz``
+  (``proact_jax.export_checkpoint``), from which
   :func:`restore_baseline` rebuilds the checkpoint when WORK is lost; larger ones (AlexNet:
   93 MB) stay in WORK and are retrained (bit for bit). A run restored that way has no learning
   record of its own: the committed one stands.
