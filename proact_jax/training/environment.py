@@ -19,21 +19,26 @@ import jax
 PACKAGES = ("proact-jax", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "pillow")
 
 
-def _cpuinfo(field: str) -> str | None:
+def _cpuinfo() -> dict:
+  """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+  fields = {}
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.split(":", 1)[0].strip() == field:
-          return line.split(":", 1)[1].strip()
+        if not line.strip():
+          break  # the first processor's block ends here
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
   except OSError:
     pass
-  return None
+  return fields
 
 
 def _cpu() -> dict:
   """The CPU's model and its vector extensions (what XLA:CPU compiles for)."""
-  flags = (_cpuinfo("flags") or "").split()
-  return {"cpu": _cpuinfo("model name") or platform.processor() or "unknown",
+  info = _cpuinfo()
+  flags = info.get("flags", "").split()
+  return {"cpu": info.get("model name") or platform.processor() or "unknown",
           "cpu_vector_features": " ".join(sorted(
               f for f in flags if f.startswith(("avx", "fma", "amx", "sse4", "f16c")))) or
           "unknown"}
