@@ -90,10 +90,10 @@ Stages and budgets (``--scale F`` multiplies every threshold-training epoch coun
                every pair decided after 70-428 trials per BER.
   classifier-<rule> the same with faults in Dense_2 only (the unprotectable classifier),
                at most 300 trials per BER.
-  vulnerability  (right after fitact) single-flip accuracy drop per (leaf, bit column) for the
+  vulnerability  (last) single-flip accuracy drop per (leaf, bit column) for the
                five variants of the paper's Table IV (baseline, Ranger, FT-ClipAct, ProAct,
                FitAct), 8 trials x 256 random test images per cell, heatmaps (issue 12): 16
-               weight leaves x 6 columns (+ threshold sites) per variant.
+               weight leaves (ResNet-20: 65) x 6 columns (+ threshold sites) per variant.
   activations  Table V data: per-layer faults at BER 1e-4, 5 trials x 256 images. ~4 min.
   report-<rule> proact report into RESULTS/<rule>/ (files of different fault rules are not
                merged): Tables II-V with Holm p-values, figures.
@@ -201,11 +201,11 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
     if only is None or f"harden-{name}" in only or os.path.exists(marker):
       ckpts.append(out)
     if name == "fitact":  # the five variants of the paper's Table IV: their maps (issue 12)
-      stages.append(("vulnerability", [
+      vuln = ("vulnerability", [
           "vulnerability", *sum((["--checkpoint", c] for c in ckpts), []), *data,
           "--bit-groups", VULN_GROUPS, "--trials", "2" if smoke else "8",
           "--images-per-trial", "32" if smoke else "256", "--out", vmap, "--quiet"],
-          vmap[:-len(".jsonl")] + ".summary.csv"))
+          vmap[:-len(".jsonl")] + ".summary.csv")
   variants = sum((["--checkpoint", c] for c in ckpts), [])
   clean = os.path.join(R, "clean_paired.json")
   stages.append(("clean-paired", ["clean", *variants, *data, "--out", clean], clean))
@@ -244,6 +244,7 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
                                                            else [])
     stages.append((f"report-{rule}", ["report", *inputs, "--out", os.path.join(R, rule)],
                    os.path.join(R, rule, "report.md")))
+  stages.append(vuln)  # last: Table IV's evidence first (ResNet-20 has 65 weight leaves)
   fi_trials = (S * 1 * 4 * 5 * 2 if smoke else
                S * a.fi_max_rounds * 4 * 5 * a.fi_trials)
   budget = {"scale": a.scale, "sites": S, "batch_size": BATCH, "train_images": n_train or "all",
