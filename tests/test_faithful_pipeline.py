@@ -211,6 +211,23 @@ def test_a_method_seed_repeat_campaigns_only_the_methods_it_runs(tmp_path):
   assert camp.count("--checkpoint") == 6 and "--seed" not in camp  # the main run: key 0
 
 
+def test_skip_leaves_a_method_out_of_the_later_stages(tmp_path, capsys):
+  mod = _load()
+  args = ["--data-dir", "D", "--model", "resnet20", "--work", str(tmp_path / "w"),
+          "--results", str(tmp_path / "r")]
+  stages, _ = mod.plan(mod.parse_args(args + ["--skip", "harden-proact-ts"]))
+  for name in ("clean-paired", "campaign-bernoulli", "campaign-toolbox-floor", "activations"):
+    argv = dict((n, a) for n, a, _ in stages)[name]
+    ckpts = [argv[i + 1] for i, x in enumerate(argv) if x == "--checkpoint"]
+    assert [os.path.basename(c) for c in ckpts[1:]] == ["ranger", "ft-clipact", "proact",
+                                                       "fitact"], name
+  # a misspelt stage is refused in one line before anything runs
+  assert mod.main(args + ["--skip", "harden-proact_ts"]) == 2
+  err = capsys.readouterr().err
+  assert "harden-proact_ts" in err and len(err.strip().splitlines()) == 1
+  assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
+
+
 def test_stages_share_a_persistent_compilation_cache_in_work(tmp_path, monkeypatch):
   import sys
   mod = _load()
