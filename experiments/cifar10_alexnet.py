@@ -111,14 +111,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # experiments/pipeline_records.py
 from pipeline_records import (finished_spent, record_baseline, record_hardened,  # noqa: E402
-                              restore_baseline, restore_hardened, save_json,  # noqa: F401
-                              spent_epochs,  # (tests)
+                              restore_baseline, restore_hardened, run_timed, save_json,
+                              spent_epochs,  # noqa: F401 (tests)
                               training_time)
 
 PAPER_BERS = "1e-7,3e-7,1e-6,3e-6,1e-5,3e-5"
@@ -303,50 +301,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   if a.smoke:
     a.scale, a.train_images = min(a.scale, 0.02), 0
   return a
-
-
-def run_timed(name: str, argv: list[str], work: str, poll: float = 30.0) -> tuple[float, int]:
-  """Runs a stage's command; returns its wall time summed over every invocation (an
-  interrupted stage resumes in a later one) and the number of invocations. The running total
-  is kept in WORK/stage_clock.json, rewritten every ``poll`` seconds, so a killed invocation
-  loses at most that much of its time. The command gets JAX's persistent compilation cache in
-  WORK/xla_cache (unless JAX_COMPILATION_CACHE_DIR is set): the same executables, not
-  recompiled when a stage resumes.
-
-  Raises:
-    subprocess.CalledProcessError: the command failed (its time so far stays on the clock).
-  """
-  from proact_jax.core.files import write_json_atomic
-  path = os.path.join(work, "stage_clock.json")
-  clock = json.load(open(path)) if os.path.exists(path) else {}
-  before, calls = clock.get(name, [0.0, 0])
-  calls += 1
-  t = time.time()
-
-  def save() -> float:
-    clock[name] = [before + time.time() - t, calls]
-    write_json_atomic(path, clock)
-    return clock[name][0]
-
-  env = dict(os.environ)
-  if not env.get("JAX_COMPILATION_CACHE_DIR"):  # a resumed stage or a seed repeat recompiles
-    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(work, "xla_cache")  # nothing (same programs)
-  proc = subprocess.Popen(argv, env=env)
-  try:
-    while True:
-      try:
-        code = proc.wait(timeout=poll)
-        break
-      except subprocess.TimeoutExpired:
-        save()
-  finally:
-    if proc.poll() is None:  # interrupted here: stop the stage, keep its time
-      proc.terminate()
-      proc.wait()
-    total = save()
-  if code != 0:
-    raise subprocess.CalledProcessError(code, argv)
-  return total, calls
 
 
 def main(argv=None) -> int:

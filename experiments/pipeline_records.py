@@ -1,14 +1,16 @@
 """What the issue-14 pipeline (experiments/cifar10_alexnet.py) writes into RESULTS besides the
 `proact` commands' own outputs: the baseline's learning record and curve, one JSON record per
 hardened checkpoint (with the search history of its progress file), and the epochs a hardening
-run actually spent (FitAct's budget is ProAct's). Used by that script; imported from the
-experiments folder."""
+run actually spent (FitAct's budget is ProAct's), and each stage's wall time summed over its
+invocations (``run_timed``). Used by that script; imported from the experiments folder."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import subprocess
+import time
 
 
 def save_json(path: str, obj, indent: int = 2) -> None:
@@ -191,3 +193,47 @@ def finished_spent(work: str, method: str, results: str | None = None) -> int | 
       with open(record) as f:
         spent = json.load(f).get("spent_epochs")
   return spent
+
+
+def run_timed(name: str, argv: list[str], work: str, poll: float = 30.0) -> tuple[float, int]:
+  """Runs a stage's command; returns its wall time summed over every invocation (an
+  interrupted stage resumes in a later one) and the number of invocations. The running total
+  is kept in WORK/stage_clock.json, rewritten every ``poll`` seconds, so a killed invocation
+  loses at most that much of its time. The command gets JAX's persistent compilation cache in
+  WORK/xla_cache (unless JAX_COMPILATION_CACHE_DIR is set): the same executables, not
+  recompiled when a stage resumes.
+
+  Raises:
+    subprocess.CalledProcessError: the command failed (its time so far stays on the clock).
+  """
+  from proact_jax.core.files import write_json_atomic
+  path = os.path.join(work, "stage_clock.json")
+  clock = json.load(open(path)) if os.path.exists(path) else {}
+  before, calls = clock.get(name, [0.0, 0])
+  calls += 1
+  t = time.time()
+
+  def save() -> float:
+    clock[name] = [before + time.time() - t, calls]
+    write_json_atomic(path, clock)
+    return clock[name][0]
+
+  env = dict(os.environ)
+  if not env.get("JAX_COMPILATION_CACHE_DIR"):  # a resumed stage or a seed repeat recompiles
+    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(work, "xla_cache")  # nothing (same programs)
+  proc = subprocess.Popen(argv, env=env)
+  try:
+    while True:
+      try:
+        code = proc.wait(timeout=poll)
+        break
+      except subprocess.TimeoutExpired:
+        save()
+  finally:
+    if proc.poll() is None:  # interrupted here: stop the stage, keep its time
+      proc.terminate()
+      proc.wait()
+    total = save()
+  if code != 0:
+    raise subprocess.CalledProcessError(code, argv)
+  return total, calls
