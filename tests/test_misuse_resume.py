@@ -228,6 +228,49 @@ def test_fitact_keeps_progress_every_epoch(work, tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_proact_keeps_progress_every_epoch(work, tmp_path, monkeypatch):
+  """Killed right after any epoch's write (the last epoch of a refused regularisation weight
+  included), ProAct resumes there: the uninterrupted run's thresholds, no epoch trained twice."""
+  from proact_jax.methods.progress import Progress
+  model, variables, meta = work["model"], work["variables"], work["meta"]
+  ds = pj.load_dataset("digits")
+  x = pj.normalize(ds.x_train[:256], np.asarray(meta["mean"]), np.asarray(meta["std"]))
+  val = pj.make_eval_set(x[:100], ds.y_train[:100])
+  # gamma 10 pulls the thresholds down hard: refused by the 1 % guard at the first site (act2),
+  # which then trains 2 epochs with 1e-3 (the others keep gamma 10: this weak model loses little)
+  cfg = methods.ProActConfig(last_epochs=2, layer_epochs=2, budget=0.01, batch_size=64,
+                             gammas=(10.0, 1e-3), target=None)
+  run = lambda d: methods.proact(model, variables, x[:100], x, ds.y_train[:256], val, cfg,
+                                 workdir=d, progress=False)
+  real = Progress.save_partial
+  calls = {"n": 0, "stop": -1}
+
+  def save_partial(self, stage, state):
+    real(self, stage, state)
+    calls["n"] += 1
+    if calls["n"] == calls["stop"]:
+      raise KeyboardInterrupt  # killed right after the write
+
+  monkeypatch.setattr(Progress, "save_partial", save_partial)
+  ref = run(str(tmp_path / "ref"))
+  total = calls["n"]
+  with np.load(str(tmp_path / "ref" / "progress.npz")) as z:
+    stages = json.loads(z["__state__"].tobytes().decode())["stages"]
+  assert [h["gamma"] for h in stages[0]["history"]] == [10.0, 1e-3], stages[0]["history"]
+  assert total == sum(len(h["epochs"]) for s in stages for h in s["history"])
+  for stop in (2, 3, total - 1):  # after gamma 10's last epoch, in 1e-3's, in the last site
+    d = str(tmp_path / f"cut{stop}")
+    calls.update(n=0, stop=stop)
+    with pytest.raises(KeyboardInterrupt):
+      run(d)
+    calls.update(n=0, stop=-1)
+    got = run(d)
+    assert calls["n"] == total - stop, stop  # the epochs not yet done, each once
+    for a, b in zip(jax.tree_util.tree_leaves(ref.variables),
+                    jax.tree_util.tree_leaves(got.variables)):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_out_dev_stdout_does_not_hang(work):
   p = subprocess.Popen([sys.executable, "-m", "proact_jax.cli", "sweep", "--checkpoint",
                         work["base"], *SWEEP, "--out", "/dev/stdout"],

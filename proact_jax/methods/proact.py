@@ -51,7 +51,9 @@ def proact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
     x_train, y_train: normalised un-augmented training images for the distillation.
     val_set: the accuracy guard's validation images.
     eval_set: where the reported clean accuracy is measured (default: val_set).
-    workdir: where per-site progress is kept; an interrupted run resumes there.
+    workdir: where progress is kept after every epoch; an interrupted run resumes at the last
+      finished epoch (of the regularisation weight it was training) with the uninterrupted
+      run's result.
 
   The accuracy guard (:mod:`proact_jax.methods.guard`): a site's new thresholds are kept only
   while the validation drop ``d`` of the whole model is <= ``budget`` and
@@ -92,15 +94,23 @@ def proact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
       continue
     neuron = np.ndim(thr_lib.get_site(tree, site)) > 0
     epochs = config.last_epochs if neuron else config.layer_epochs
-    chosen, gamma_used, hist = None, None, []
+    # an interrupted site resumes at its last finished epoch, after the weights it had refused
+    part = store.partial(site)
+    chosen, gamma_used, hist = None, None, list(part["tried"]) if part else []
     for j, gamma in enumerate(config.gammas):
+      if j < len(hist):
+        continue
       cfg = ThresholdTraining(epochs=epochs, batch_size=config.batch_size,
                               learning_rate=config.learning_rate, halve_every=config.halve_every,
                               temperature=config.temperature, gamma=gamma,
                               kd_direction=config.kd_direction)
-      new, h = train_thresholds(jax.random.fold_in(key, i * 100 + j), student, frozen, tree,
-                                [site], x_train, y_train, teacher, val_set, cfg, guard=guard,
-                                desc=f"proact {site} gamma={gamma:g}", progress=progress)
+      tried = list(hist)
+      new, h = train_thresholds(
+          jax.random.fold_in(key, i * 100 + j), student, frozen, tree, [site], x_train,
+          y_train, teacher, val_set, cfg, guard=guard, desc=f"proact {site} gamma={gamma:g}",
+          progress=progress, resume=part if part and j == len(part["tried"]) else None,
+          on_epoch=lambda state, tried=tried: store.save_partial(site, {**state,
+                                                                        "tried": tried}))
       hist.append({"gamma": gamma, "epochs": h})
       if new is not None:
         chosen, gamma_used = new, gamma

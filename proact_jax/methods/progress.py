@@ -139,7 +139,8 @@ class Progress:
         arrays.update({f"{prefix}/{i}": np.asarray(a) for i, a in enumerate(values)})
       part = {"stage": p["stage"], "epoch": p["epoch"], "history": p["history"],
               "n_thr": len(p["thr"]), "n_opt": len(p["opt"]),
-              "has_accepted": p["accepted"] is not None}
+              "has_accepted": p["accepted"] is not None,
+              **({"tried": p["tried"]} if "tried" in p else {})}  # ProAct: refused weights
     state = {"version": VERSION, "config": self.config, "stages": self.stages, "partial": part}
     arrays["__state__"] = np.frombuffer(json.dumps(state, default=_json).encode(), np.uint8)
     buf = io.BytesIO()
