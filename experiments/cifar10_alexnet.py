@@ -158,8 +158,7 @@ def classifier_layer(model: str, dataset: str) -> str:
 def selected(a, stage: str) -> bool:
   """Whether ``stage`` is to run (if not already done): in ``--only`` (when given) and not in
   ``--skip``."""
-  return ((a.only is None or stage in a.only.split(","))
-          and stage not in (a.skip or "").split(","))
+  return (a.only is None or stage in a.only) and stage not in a.skip
 
 
 def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
@@ -294,6 +293,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   ap.add_argument("--skip", default=None,
                   help="comma-separated stage names not to run (unless already done)")
   a = ap.parse_args(argv)
+  a.only = None if a.only is None else set(a.only.split(",")) - {""}  # stage names
+  a.skip = set((a.skip or "").split(",")) - {""}
   a.work = a.work or f"runs/cifar10_{a.model}"
   a.results = a.results or f"results/cifar10_{a.model}"
   if not a.smoke and not a.data_dir:
@@ -306,8 +307,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
   a = parse_args(argv)
   stages, budget = plan(a)
-  named = set((a.only or "").split(",")) | set((a.skip or "").split(","))
-  unknown = sorted(named - {""} - {n for n, _, _ in stages})
+  unknown = sorted(((a.only or set()) | a.skip) - {n for n, _, _ in stages})
   if unknown:
     print(f"cifar10_{a.model}: unknown stage(s) {', '.join(unknown)}", file=sys.stderr)
     return 2
