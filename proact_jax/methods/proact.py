@@ -108,9 +108,10 @@ def proact(model, variables, x_profile: np.ndarray, x_train: np.ndarray, y_train
       new, h = train_thresholds(
           jax.random.fold_in(key, i * 100 + j), student, frozen, tree, [site], x_train,
           y_train, teacher, val_set, cfg, guard=guard, desc=f"proact {site} gamma={gamma:g}",
-          progress=progress, resume=part if part and j == len(part["tried"]) else None,
+          progress=progress, resume=part,
           on_epoch=lambda state, tried=tried: store.save_partial(site, {**state,
                                                                         "tried": tried}))
+      part = None     # only the first weight tried after a resume continues from it
       hist.append({"gamma": gamma, "epochs": h})
       if new is not None:
         chosen, gamma_used = new, gamma
