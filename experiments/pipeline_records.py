@@ -87,7 +87,9 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
   """Copies a hardened checkpoint's metadata into RESULTS/hardened/NAME.json (test and
   validation accuracy, baseline, thresholds per site, wall time; the weights stay in WORK) with,
   for FitAct and ProAct, the search history from its progress file: per site the
-  regularisation weights tried, the epochs each ran and which was kept. The thresholds
+  regularisation weights tried, the epochs each ran (``per_epoch``: each epoch's loss and
+  validation accuracy, and for ProAct the guard's drop, disagreements and margin) and which
+  was kept. The thresholds
   themselves (and the full meta.json) go to RESULTS/hardened/NAME.thresholds.npz
   (``proact_jax.export_thresholds``; 2 KB to 0.3 MB), from which :func:`restore_hardened` rebuilds
   the checkpoint on its baseline. A checkpoint so restored has no progress file: its existing
@@ -110,7 +112,8 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
   if stages is not None:
     record["search"] = [{"site": st.get("stage"), "kept_gamma": st.get("gamma"),
                          "kept": st.get("kept"),
-                         "tried": [{"gamma": h.get("gamma"), "epochs": len(h.get("epochs", []))}
+                         "tried": [{"gamma": h.get("gamma"), "epochs": len(h.get("epochs", [])),
+                                    "per_epoch": h.get("epochs", [])}
                                    for h in st.get("history", []) if isinstance(h, dict)]}
                         for st in stages]
     record["spent_epochs"] = _epochs(stages)

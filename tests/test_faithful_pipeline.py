@@ -115,8 +115,8 @@ def test_record_hardened_keeps_accuracy_and_the_search(tmp_path):
   (out / "meta.json").write_text(json.dumps(meta))
   os.makedirs(str(out) + ".progress")
   state = {"stages": [{"stage": "act1", "gamma": 0.001, "kept": True,
-                       "history": [{"gamma": 0.01, "epochs": [{}, {}]},
-                                   {"gamma": 0.001, "epochs": [{}, {}]}]}]}
+                       "history": [{"gamma": 0.01, "epochs": [{"val_drop": 0.004}, {}]},
+                                   {"gamma": 0.001, "epochs": [{}, {"margin": 0.003}]}]}]}
   np.savez(os.path.join(str(out) + ".progress", "progress.npz"),
            __state__=np.frombuffer(json.dumps(state).encode(), np.uint8))
   mod.record_hardened("proact", str(out), str(tmp_path / "r"))
@@ -124,8 +124,10 @@ def test_record_hardened_keeps_accuracy_and_the_search(tmp_path):
   assert rec["accuracy"] == 0.81 and rec["baseline_accuracy"] == 0.82 and "mean" not in rec
   assert rec["seed"] == 0 and rec["method_seed"] == 3
   assert rec["search"] == [{"site": "act1", "kept_gamma": 0.001, "kept": True,
-                            "tried": [{"gamma": 0.01, "epochs": 2},
-                                      {"gamma": 0.001, "epochs": 2}]}]
+                            "tried": [{"gamma": 0.01, "epochs": 2,
+                                       "per_epoch": [{"val_drop": 0.004}, {}]},
+                                      {"gamma": 0.001, "epochs": 2,
+                                       "per_epoch": [{}, {"margin": 0.003}]}]}]
   assert rec["spent_epochs"] == 4
 
 
