@@ -110,7 +110,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # experiments/pipeline_records.py
@@ -118,6 +120,8 @@ from pipeline_records import (finished_spent, record_baseline, record_hardened, 
                               restore_baseline, restore_hardened, run_timed, save_json,
                               spent_epochs,  # noqa: F401 (tests)
                               training_time)
+
+from proact_jax.commands.args import number  # noqa: E402  (the CLI's ranges for shared options)
 
 PAPER_BERS = "1e-7,3e-7,1e-6,3e-6,1e-5,3e-5"
 RULES = ("bernoulli", "toolbox-floor")
@@ -266,6 +270,17 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   return stages, budget
 
 
+def _scale(text: str) -> float:
+  """``--scale``: a finite factor in (0, 10] on the paper's threshold-training epochs."""
+  try:
+    v = float(text)
+  except ValueError:
+    v = math.nan
+  if not (math.isfinite(v) and 0 < v <= 10):
+    raise argparse.ArgumentTypeError(f"expected a finite number in (0, 10], got {text!r}")
+  return v
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--data-dir", default=None)
@@ -273,14 +288,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                   help="the architecture (issue 14 item 7: the second model of Table IV)")
   ap.add_argument("--work", default=None, help="default runs/cifar10_MODEL")
   ap.add_argument("--results", default=None, help="default results/cifar10_MODEL")
-  ap.add_argument("--scale", type=float, default=0.1,
+  ap.add_argument("--scale", type=_scale, default=0.1,
                   help="factor on the paper's threshold-training epochs (FitAct = ProAct total)")
-  ap.add_argument("--train-images", type=int, default=0, help="threshold-training images (0: all)")
-  ap.add_argument("--fi-images", type=int, default=500)
-  ap.add_argument("--fi-trials", type=int, default=3)
-  ap.add_argument("--fi-max-rounds", type=int, default=3)
-  ap.add_argument("--max-trials", type=int, default=1000, help="campaign cap per BER")
-  ap.add_argument("--method-seed", type=int, default=0)
+  ap.add_argument("--train-images", type=number("--train-images"), default=0,
+                  help="threshold-training images (0: all)")
+  ap.add_argument("--fi-images", type=number("--fi-images"), default=500)
+  ap.add_argument("--fi-trials", type=number("--fi-trials"), default=3)
+  ap.add_argument("--fi-max-rounds", type=number("--fi-max-rounds"), default=3)
+  ap.add_argument("--max-trials", type=number("--max-trials"), default=1000,
+                  help="campaign cap per BER (at least the 30 trials every BER starts with)")
+  ap.add_argument("--method-seed", type=number("--seed"), default=0)
   ap.add_argument("--baseline", default=None,
                   help="a finished `proact train` run directory to harden instead of WORK/base "
                        "(the method-seed repeats share the seed-0 baseline: --method-seed S "
@@ -299,6 +316,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   a.results = a.results or f"results/cifar10_{a.model}"
   if not a.smoke and not a.data_dir:
     ap.error("--data-dir is required (or --smoke)")
+  if not a.smoke and a.max_trials < 30:
+    ap.error(f"--max-trials {a.max_trials}: the campaigns start with 30 trials per BER")
   if a.smoke:
     a.scale, a.train_images = min(a.scale, 0.02), 0
   return a
@@ -315,6 +334,9 @@ def main(argv=None) -> int:
     for name, args, _ in stages:
       print(f"{name}: proact {' '.join(args)}")
     return 0
+  if a.data_dir and not os.path.exists(a.data_dir):
+    print(f"cifar10_{a.model}: --data-dir {a.data_dir} does not exist", file=sys.stderr)
+    return 2
   os.makedirs(a.results, exist_ok=True)
   path = os.path.join(a.results, "stages.json")
   done = json.load(open(path)) if os.path.exists(path) else {}
@@ -355,7 +377,12 @@ def main(argv=None) -> int:
       fresh, budget = plan(a)
       args = next(x for n, x, _ in fresh if n == name)
       print(f"== {name}: proact {' '.join(args)}", flush=True)
-      spent, calls = run_timed(name, [sys.executable, "-m", "proact_jax.cli", *args], a.work)
+      try:
+        spent, calls = run_timed(name, [sys.executable, "-m", "proact_jax.cli", *args], a.work)
+      except subprocess.CalledProcessError as e:  # its own error is printed above
+        print(f"cifar10_{a.model}: stage {name} stopped with exit code {e.returncode} (its "
+              "error is above); the same command resumes it", file=sys.stderr)
+        return e.returncode if e.returncode > 0 else 1
       done[name] = {"command": "proact " + " ".join(args), "wall_time_s": round(spent),
                     **({"invocations": calls} if calls > 1 else {})}
       save_json(path, done)

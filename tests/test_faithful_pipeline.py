@@ -157,7 +157,7 @@ def test_fitact_started_after_proact_in_the_same_run_gets_the_spent_epochs(tmp_p
 
   monkeypatch.setattr(mod, "run_timed", fake_run)
   monkeypatch.setattr(mod, "record_hardened", lambda *a: None)
-  args = ["--data-dir", "D", "--work", work, "--results", res, "--baseline",
+  args = ["--data-dir", str(tmp_path), "--work", work, "--results", res, "--baseline",
           str(tmp_path / "base"), "--only", "harden-proact,harden-fitact"]
   os.makedirs(tmp_path / "base" / "model")
   (tmp_path / "base" / "model" / "meta.json").write_text("{}")
@@ -242,3 +242,33 @@ def test_stages_share_a_persistent_compilation_cache_in_work(tmp_path, monkeypat
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))  # the user's wins
   mod.run_timed("activations", show, str(tmp_path), poll=0.1)
   assert out.read_text() == str(tmp_path / "mine")
+
+
+def test_bad_options_are_refused_in_one_line(tmp_path, capsys):
+  import pytest
+  mod = _load()
+  base = ["--data-dir", "D", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+  for bad, words in ((["--scale", "0"], "--scale"), (["--scale", "nan"], "--scale"),
+                     (["--max-trials", "10"], "30 trials"), (["--method-seed", "-1"], "integer"),
+                     (["--fi-trials", "0"], "--fi-trials")):
+    with pytest.raises(SystemExit) as e:
+      mod.parse_args(base + bad)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and words in err[-1], (bad, err)
+  # a missing data directory is refused before anything is written
+  assert mod.main(base + ["--data-dir", str(tmp_path / "nowhere")]) == 2
+  assert "does not exist" in capsys.readouterr().err
+  assert not os.path.exists(tmp_path / "r") and not os.path.exists(tmp_path / "w")
+
+
+def test_a_failed_stage_stops_with_one_line_and_its_exit_code(tmp_path, capsys, monkeypatch):
+  import subprocess
+  mod = _load()
+
+  def fail(name, argv, work):
+    raise subprocess.CalledProcessError(2, argv)
+  monkeypatch.setattr(mod, "run_timed", fail)
+  rc = mod.main(["--smoke", "--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and "stage baseline stopped with exit code 2" in err[0]
+  assert not os.path.exists(tmp_path / "r" / "stages.json")   # nothing recorded as done
