@@ -84,16 +84,22 @@ def table(runs: list[dict], bers) -> str:
 
 
 def main(argv=None) -> int:
+  from proact_jax.commands.args import number
   from proact_jax.commands.demo import DEMO_BERS
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--seeds", default="0,1,2,3,4")
-  p.add_argument("--trials", type=int, default=60)
+  p.add_argument("--trials", type=number("--trials"), default=60)
   p.add_argument("--work", default="runs/digits_seeds")
   p.add_argument("--results", default="results/digits_seeds")
   args = p.parse_args(argv)
-  seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+  try:
+    seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
+  except ValueError:
+    p.error(f"--seeds {args.seeds!r}: expected comma-separated integers")
+  if any(s < 0 for s in seeds):
+    p.error(f"--seeds {args.seeds!r}: seeds are >= 0")
   if len(seeds) < 2:
-    raise SystemExit("need at least 2 seeds for an interval across seeds")
+    p.error("--seeds: need at least 2 different seeds for an interval across seeds")
   os.makedirs(args.results, exist_ok=True)
   path = os.path.join(args.results, "seeds.json")
   done = {}

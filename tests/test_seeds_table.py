@@ -81,3 +81,35 @@ def test_cifar10_seeds_aggregates_the_finished_seeds(tmp_path):
   assert "| proact - ranger | +0.00" in text
   with pytest.raises(SystemExit):
     mod.main(["--seeds", "0,1"])  # seed 0 is the main run, not a method seed
+
+
+def test_experiment_drivers_refuse_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
+  """digits_seeds and the CPU-scale CIFAR script: a bad option or a missing data directory is
+  one line and exit code 2, before any directory is made; a failed stage is one line with the
+  stage's exit code, not a traceback."""
+  import sys
+  digits = _load("digits_seeds")
+  out = ["--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+  for bad, words in ((["--seeds", "x"], "comma-separated"), (["--seeds", "3,3"], "2 different"),
+                     (["--trials", "0"], "--trials")):
+    with pytest.raises(SystemExit) as e:
+      digits.main(out + bad)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and words in err[-1], (bad, err)
+  cpu = _load("cifar10_alexnet_cpu")
+  for argv, words in (([*out, "--data-dir", str(tmp_path / "none")], "does not exist"),
+                      ([*out, "--data-dir", str(tmp_path), "--images", "0"], "--images")):
+    monkeypatch.setattr(sys, "argv", ["cifar10_alexnet_cpu.py", *argv])
+    with pytest.raises(SystemExit) as e:
+      cpu.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and words in err[-1], (argv, err)
+  assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
+  monkeypatch.setattr(cpu.subprocess, "call", lambda argv: 2)   # the training stage fails
+  monkeypatch.setattr(sys, "argv", ["cifar10_alexnet_cpu.py", *out, "--data-dir", str(tmp_path)])
+  with pytest.raises(SystemExit) as e:
+    cpu.main()
+  err = capsys.readouterr().err.strip().splitlines()
+  assert e.value.code == 2 and err == [
+      "cifar10_alexnet_cpu: stage train stopped with exit code 2; the same command resumes it"]
+  assert not (tmp_path / "r" / "stages.json").exists()
