@@ -207,6 +207,14 @@ def test_errors():
     faults.stuck_at(jax.random.key(0), v, 1e-3, 2)
   with pytest.raises(ValueError, match="max_flips"):
     jax.jit(lambda b: faults.flip_bits(jax.random.key(0), v, b))(0.1)
+  # a bare params tree for the variables would get no fault at all: refused by every injector
+  bare = v["params"]
+  for inject in (lambda: faults.flip_bits(jax.random.key(0), bare, 0.5),
+                 lambda: faults.stuck_at(jax.random.key(0), bare, 0.5, 1),
+                 lambda: faults.flip_n(jax.random.key(0), bare, 3),
+                 lambda: faults.toolbox_floor_flips(jax.random.key(0), bare, 0.5)):
+    with pytest.raises(ValueError, match="none of the fault space's collections"):
+      inject()
 
 
 def test_float32_many_flips_and_traced_ber():

@@ -135,6 +135,17 @@ def _select(flat: dict, space: FaultSpace) -> list[tuple[str, ...]]:
   return out
 
 
+def _check_collections(variables: Any, space: FaultSpace) -> None:
+  """A variables dict with none of the space's collections (typically a bare ``params`` tree
+  passed for the variables) would get no fault at all, silently: refused."""
+  keys = set(variables.keys()) if hasattr(variables, "keys") else set()
+  if space.collections and keys and not keys & set(space.collections):
+    raise ValueError(f"variables have none of the fault space's collections {space.collections}"
+                     f" (their top-level keys: {', '.join(sorted(map(str, keys))[:8])}): pass "
+                     "the model's variables dict, e.g. {'params': params}, or set "
+                     "FaultSpace(collections=...)")
+
+
 def count_bits(variables: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
                space: FaultSpace = FaultSpace()) -> int:
   """``n_bits``: values in the fault space times selected bits per value."""
@@ -286,7 +297,8 @@ def flip_bits(key: chex.PRNGKey, variables: Any, ber: Any, fmt: str | NumberForm
     ``(corrupted variables, n_flips)``; ``n_flips ~ Binomial(count_bits(...), ber)``, int32.
 
   Raises:
-    ValueError: ``ber`` outside [0, 1], unknown layer filter, bad bit range.
+    ValueError: ``ber`` outside [0, 1], unknown layer filter, bad bit range, ``variables``
+      without any of the space's collections (a bare params tree).
   """
   return _bernoulli(key, variables, ber, "ber", "flip", fmt, space, max_flips, prequantized, aux)
 
@@ -296,6 +308,7 @@ def _bernoulli(key, variables, rate, rate_name: str, op: str, fmt, space: FaultS
   """Hits every stored bit of ``space`` independently with probability ``rate`` (``op``: "flip"
   or "set0"/"set1"); returns ``(variables, number of hits)``."""
   _check_prob(rate, rate_name)
+  _check_collections(variables, space)
   fmt = get_format(fmt)
   n_bits = count_bits(variables, fmt, space)
   cap = _resolve_cap(n_bits, rate, max_flips)
@@ -327,6 +340,7 @@ def flip_n(key: chex.PRNGKey, variables: Any, n: Any, fmt: str | NumberFormat = 
   ``n`` may be traced if ``max_flips`` (static) is given; a concrete ``n`` is its own cap.
   ``prequantized``, ``aux``: as in :func:`flip_bits`. Returns ``(variables, n)``.
   """
+  _check_collections(variables, space)
   fmt = get_format(fmt)
   n_bits = count_bits(variables, fmt, space)
   if not isinstance(n, jax.core.Tracer) and not 0 <= int(n) <= n_bits:
@@ -351,6 +365,7 @@ def toolbox_floor_flips(key: chex.PRNGKey, variables: Any, ber: float,
   ``ber`` must be a Python float. Returns ``(variables, total_flips)``.
   """
   _check_prob(ber, "ber")
+  _check_collections(variables, space)
   counts = floor_counts(variables, ber, fmt, space)
   return floor_flips(key, variables, jnp.asarray(counts, jnp.int32), counts, fmt, space)
 
