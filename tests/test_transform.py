@@ -323,6 +323,11 @@ def test_errors():
     g(p, list(t.values()), x)
   with pytest.raises(ValueError, match="unknown activation kind"):
     clip_activations(case.f, "clamp")
+  with pytest.raises(ValueError, match="fn must be a function"):
+    clip_activations(3)
+  for k in (0.0, -20.0, float("nan")):
+    with pytest.raises(ValueError, match="steepness"):
+      clip_activations(case.f, "smooth", k=k)
   # A site whose size does not depend on the batch, whose batch is merged with another axis, or
   # with several batch-sized axes:
   # fine layer-wise, ValueError neuron-wise.

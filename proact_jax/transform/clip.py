@@ -27,6 +27,7 @@ need no batch axis.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable, Mapping
 
 import jax
@@ -66,6 +67,10 @@ class ClippedFunction:
   def __init__(self, fn: Callable, kind: str = "smooth", granularity: str = "hybrid",
                k: float = 20.0, batch_axis: int = 0):
     check_kind_granularity(kind, granularity)
+    if not callable(fn):
+      raise ValueError(f"fn must be a function fn(params, x, *args), got {type(fn).__name__}")
+    if not (math.isfinite(float(k)) and float(k) > 0):
+      raise ValueError(f"k (the smooth clip's steepness) must be a finite number > 0, got {k}")
     self.fn, self.kind, self.granularity, self.k = fn, kind, granularity, float(k)
     self.batch_axis = batch_axis
     self._sites: list[Site] | None = None
