@@ -136,14 +136,12 @@ def _select(flat: dict, space: FaultSpace) -> list[tuple[str, ...]]:
 
 
 def _check_collections(variables: Any, space: FaultSpace) -> None:
-  """A variables dict with none of the space's collections (typically a bare ``params`` tree
-  passed for the variables) would get no fault at all, silently: refused."""
+  """Refuses variables with none of the space's collections (a bare params tree: no fault)."""
   keys = set(variables.keys()) if hasattr(variables, "keys") else set()
   if space.collections and keys and not keys & set(space.collections):
     raise ValueError(f"variables have none of the fault space's collections {space.collections}"
-                     f" (their top-level keys: {', '.join(sorted(map(str, keys))[:8])}): pass "
-                     "the model's variables dict, e.g. {'params': params}, or set "
-                     "FaultSpace(collections=...)")
+                     f" (keys: {', '.join(sorted(map(str, keys))[:8])}): pass the variables "
+                     "dict, e.g. {'params': params}, or set FaultSpace(collections=...)")
 
 
 def count_bits(variables: Any, fmt: str | NumberFormat = DEFAULT_FORMAT,
