@@ -110,7 +110,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys
@@ -118,6 +117,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # experiments/pipeline_records.py
 from pipeline_records import (finished_spent, record_baseline, record_hardened,  # noqa: E402
                               restore_baseline, restore_hardened, run_timed, save_json,
+                              stopped,
                               spent_epochs,  # noqa: F401 (tests)
                               training_time)
 
@@ -126,6 +126,7 @@ from proact_jax.commands.args import number  # noqa: E402  (the CLI's ranges for
 PAPER_BERS = "1e-7,3e-7,1e-6,3e-6,1e-5,3e-5"
 RULES = ("bernoulli", "toolbox-floor")
 BATCH = 128
+START_TRIALS = 30  # every BER of a campaign starts with this many trials (then sequential)
 # Q15.16 bit columns of the vulnerability map: the fraction, low / middle / high integer bits,
 # the top integer bit and the sign.
 VULN_GROUPS = "0:16,16:24,24:28,28:30,30:31,31:32"
@@ -223,7 +224,7 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   bers = "1e-4,1e-3" if smoke else PAPER_BERS
   seq = lambda cap: (["--trials", "4", "--max-trials", "8", "--chunk", "4",
                        "--images-per-trial", "50", "--ci-target", "50"] if smoke else
-                      ["--trials", "30", "--max-trials", str(cap), "--images-per-trial", "100",
+                      ["--trials", str(START_TRIALS), "--max-trials", str(cap), "--images-per-trial", "100",
                        "--ci-target", "0.5"])
   cls = classifier_layer(model, dataset)
   # Bernoulli flips: stratified on the classifier's raising flips (the decisive ones: a weight
@@ -270,17 +271,6 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   return stages, budget
 
 
-def _scale(text: str) -> float:
-  """``--scale``: a finite factor in (0, 10] on the paper's threshold-training epochs."""
-  try:
-    v = float(text)
-  except ValueError:
-    v = math.nan
-  if not (math.isfinite(v) and 0 < v <= 10):
-    raise argparse.ArgumentTypeError(f"expected a finite number in (0, 10], got {text!r}")
-  return v
-
-
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--data-dir", default=None)
@@ -288,7 +278,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                   help="the architecture (issue 14 item 7: the second model of Table IV)")
   ap.add_argument("--work", default=None, help="default runs/cifar10_MODEL")
   ap.add_argument("--results", default=None, help="default results/cifar10_MODEL")
-  ap.add_argument("--scale", type=_scale, default=0.1,
+  ap.add_argument("--scale", type=number("--scale", (float, 0.0, 10.0, True)), default=0.1,
                   help="factor on the paper's threshold-training epochs (FitAct = ProAct total)")
   ap.add_argument("--train-images", type=number("--train-images"), default=0,
                   help="threshold-training images (0: all)")
@@ -316,8 +306,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   a.results = a.results or f"results/cifar10_{a.model}"
   if not a.smoke and not a.data_dir:
     ap.error("--data-dir is required (or --smoke)")
-  if not a.smoke and a.max_trials < 30:
-    ap.error(f"--max-trials {a.max_trials}: the campaigns start with 30 trials per BER")
+  if not a.smoke and a.max_trials < START_TRIALS:
+    ap.error(f"--max-trials {a.max_trials}: the campaigns start with {START_TRIALS} trials per BER")
   if a.smoke:
     a.scale, a.train_images = min(a.scale, 0.02), 0
   return a
@@ -379,10 +369,8 @@ def main(argv=None) -> int:
       print(f"== {name}: proact {' '.join(args)}", flush=True)
       try:
         spent, calls = run_timed(name, [sys.executable, "-m", "proact_jax.cli", *args], a.work)
-      except subprocess.CalledProcessError as e:  # its own error is printed above
-        print(f"cifar10_{a.model}: stage {name} stopped with exit code {e.returncode} (its "
-              "error is above); the same command resumes it", file=sys.stderr)
-        return e.returncode if e.returncode > 0 else 1
+      except subprocess.CalledProcessError as e:
+        return stopped(f"cifar10_{a.model}", f"stage {name}", e.returncode)
       done[name] = {"command": "proact " + " ".join(args), "wall_time_s": round(spent),
                     **({"invocations": calls} if calls > 1 else {})}
       save_json(path, done)

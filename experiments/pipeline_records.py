@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 
@@ -196,6 +197,14 @@ def finished_spent(work: str, method: str, results: str | None = None) -> int | 
       with open(record) as f:
         spent = json.load(f).get("spent_epochs")
   return spent
+
+
+def stopped(script: str, what: str, code: int) -> int:
+  """A failed stage's one line (its own error is printed above it, by the command it ran) and
+  the exit code to stop with (a signal's negative code becomes 1)."""
+  print(f"{script}: {what} stopped with exit code {code} (its error is above); the same "
+        "command resumes it", file=sys.stderr)
+  return code if code > 0 else 1
 
 
 def run_timed(name: str, argv: list[str], work: str, poll: float = 30.0) -> tuple[float, int]:

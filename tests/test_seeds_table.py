@@ -83,6 +83,26 @@ def test_cifar10_seeds_aggregates_the_finished_seeds(tmp_path):
     mod.main(["--seeds", "0,1"])  # seed 0 is the main run, not a method seed
 
 
+def test_cifar10_seeds_refuses_bad_input_and_stops_at_a_failed_seed(tmp_path, capsys,
+                                                                    monkeypatch):
+  mod = _load("cifar10_seeds")
+  res = ["--results", str(tmp_path / "r"), "--data-dir", str(tmp_path)]
+  for bad, words in ((["--max-trials", "29"], "start with 30 trials"),
+                     (["--max-trials", "x"], "--max-trials"), (["--model", "vgg"], "--model")):
+    with pytest.raises(SystemExit) as e:
+      mod.main(res + bad)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and words in err[-1], (bad, err)
+  calls = []
+  monkeypatch.setattr(mod.subprocess, "call", lambda cmd: calls.append(cmd) or 3)
+  assert mod.main(res + ["--seeds", "1,2"]) == 3
+  assert len(calls) == 1 and calls[0][calls[0].index("--method-seed") + 1] == "1"
+  assert capsys.readouterr().err.strip().splitlines() == [
+      "cifar10_seeds: seed 1 stopped with exit code 3 (its error is above); the same command "
+      "resumes it"]
+  assert not (tmp_path / "r").exists()
+
+
 def test_experiment_drivers_refuse_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
   """digits_seeds and the CPU-scale CIFAR script: a bad option or a missing data directory is
   one line and exit code 2, before any directory is made; a failed stage is one line with the
@@ -105,11 +125,14 @@ def test_experiment_drivers_refuse_bad_input_in_one_line(tmp_path, capsys, monke
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and words in err[-1], (argv, err)
   assert not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
-  monkeypatch.setattr(cpu.subprocess, "call", lambda argv: 2)   # the training stage fails
+  def fail(name, argv, work):   # the training stage fails
+    raise cpu.subprocess.CalledProcessError(2, argv)
+  monkeypatch.setattr(cpu, "run_timed", fail)
   monkeypatch.setattr(sys, "argv", ["cifar10_alexnet_cpu.py", *out, "--data-dir", str(tmp_path)])
   with pytest.raises(SystemExit) as e:
     cpu.main()
   err = capsys.readouterr().err.strip().splitlines()
   assert e.value.code == 2 and err == [
-      "cifar10_alexnet_cpu: stage train stopped with exit code 2; the same command resumes it"]
+      "cifar10_alexnet_cpu: stage train stopped with exit code 2 (its error is above); the same "
+      "command resumes it"]
   assert not (tmp_path / "r" / "stages.json").exists()

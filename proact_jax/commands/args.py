@@ -46,10 +46,11 @@ NUMERIC = {
 }
 
 
-def number(option: str):
+def number(option: str, spec: tuple | None = None):
   """The argparse ``type`` of a numeric option: parses and checks the range in :data:`NUMERIC`
-  (finite; integers written as integers), or raises a one-line ``ArgumentTypeError``."""
-  kind, lo, hi, lo_open = NUMERIC[option]
+  (finite; integers written as integers), or raises a one-line ``ArgumentTypeError``. A script's
+  own option passes its ``spec`` in the same form, ``(kind, lowest, highest, lowest_excluded)``."""
+  kind, lo, hi, lo_open = spec or NUMERIC[option]
   bounds = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" if kind is float else f"[{lo}, {hi}]"
   what = f"{'an integer' if kind is int else 'a finite number'} in {bounds}"
 
