@@ -21,29 +21,32 @@ def _bn(train):
   return nn.BatchNorm(use_running_average=not train, momentum=0.9)
 
 
-class BasicBlock(nn.Module):
+class _Block(nn.Module):
+  """A residual block's fields and its end: the shortcut (projected when the shape changes),
+  the add and the activation after it (the model's last site in the final block)."""
   filters: int
   strides: int
   act: Activation
   last: bool = False
+
+  def _add(self, x, y, train, width, name):
+    if x.shape != y.shape:
+      x = Conv(width, (1, 1), self.strides, use_bias=False)(x)
+      x = _bn(train)(x)
+    return self.act(name=name, last=self.last)(x + y)
+
+
+class BasicBlock(_Block):
 
   @nn.compact
   def __call__(self, x, train):
     y = Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False)(x)
     y = self.act(name="act0")(_bn(train)(y))
     y = Conv(self.filters, (3, 3), padding=1, use_bias=False)(y)
-    y = _bn(train)(y)
-    if x.shape != y.shape:
-      x = Conv(self.filters, (1, 1), self.strides, use_bias=False)(x)
-      x = _bn(train)(x)
-    return self.act(name="act1", last=self.last)(x + y)
+    return self._add(x, _bn(train)(y), train, self.filters, "act1")
 
 
-class Bottleneck(nn.Module):
-  filters: int
-  strides: int
-  act: Activation
-  last: bool = False
+class Bottleneck(_Block):
 
   @nn.compact
   def __call__(self, x, train):
@@ -52,11 +55,7 @@ class Bottleneck(nn.Module):
     y = Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False)(y)
     y = self.act(name="act1")(_bn(train)(y))
     y = Conv(self.filters * 4, (1, 1), use_bias=False)(y)
-    y = _bn(train)(y)
-    if x.shape != y.shape:
-      x = Conv(self.filters * 4, (1, 1), self.strides, use_bias=False)(x)
-      x = _bn(train)(x)
-    return self.act(name="act2", last=self.last)(x + y)
+    return self._add(x, _bn(train)(y), train, self.filters * 4, "act2")
 
 
 class ResNet(nn.Module):
