@@ -113,13 +113,20 @@ def record_hardened(name: str, out_dir: str, results_dir: str) -> None:
   if stages is not None:
     record["search"] = [{"site": st.get("stage"), "kept_gamma": st.get("gamma"),
                          "kept": st.get("kept"),
-                         "tried": [{"gamma": h.get("gamma"), "epochs": len(h.get("epochs", [])),
-                                    "per_epoch": h.get("epochs", [])}
-                                   for h in st.get("history", []) if isinstance(h, dict)]}
-                        for st in stages]
+                         "tried": _tried(st.get("history", []))} for st in stages]
     record["spent_epochs"] = _epochs(stages)
   os.makedirs(hardened, exist_ok=True)
   save_json(path, record, indent=1)
+
+
+def _tried(history: list) -> list:
+  """A stage's tries. ProAct's history holds one dict per regularisation weight tried, its
+  epochs under ``epochs``; FitAct's holds its epochs themselves: one try, no weight."""
+  rows = [h for h in history if isinstance(h, dict)]
+  if rows and not any("epochs" in h for h in rows):
+    return [{"gamma": None, "epochs": len(rows), "per_epoch": rows}]
+  return [{"gamma": h.get("gamma"), "epochs": len(h.get("epochs", [])),
+           "per_epoch": h.get("epochs", [])} for h in rows]
 
 
 def _exported(npz: str, meta: dict) -> bool:

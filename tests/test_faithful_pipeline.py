@@ -129,6 +129,16 @@ def test_record_hardened_keeps_accuracy_and_the_search(tmp_path):
                                       {"gamma": 0.001, "epochs": 2,
                                        "per_epoch": [{}, {"margin": 0.003}]}]}]
   assert rec["spent_epochs"] == 4
+  # FitAct's history is its epochs (one run, no weight): one try holding every epoch's figures
+  epochs = [{"epoch": 0, "loss": 1.3, "val_accuracy": 0.87}, {"epoch": 1, "loss": 1.2}]
+  state = {"stages": [{"stage": "all", "history": epochs}]}
+  np.savez(os.path.join(str(out) + ".progress", "progress.npz"),
+           __state__=np.frombuffer(json.dumps(state).encode(), np.uint8))
+  mod.record_hardened("fitact", str(out), str(tmp_path / "r"))
+  rec = json.load(open(tmp_path / "r" / "hardened" / "fitact.json"))
+  assert rec["search"] == [{"site": "all", "kept_gamma": None, "kept": None,
+                            "tried": [{"gamma": None, "epochs": 2, "per_epoch": epochs}]}]
+  assert rec["spent_epochs"] == 2
 
 
 def test_fitact_started_after_proact_in_the_same_run_gets_the_spent_epochs(tmp_path,
