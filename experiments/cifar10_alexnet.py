@@ -224,8 +224,8 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   bers = "1e-4,1e-3" if smoke else PAPER_BERS
   seq = lambda cap: (["--trials", "4", "--max-trials", "8", "--chunk", "4",
                        "--images-per-trial", "50", "--ci-target", "50"] if smoke else
-                      ["--trials", str(START_TRIALS), "--max-trials", str(cap), "--images-per-trial", "100",
-                       "--ci-target", "0.5"])
+                      ["--trials", str(START_TRIALS), "--max-trials", str(cap),
+                       "--images-per-trial", "100", "--ci-target", "0.5"])
   cls = classifier_layer(model, dataset)
   # Bernoulli flips: stratified on the classifier's raising flips (the decisive ones: a weight
   # made huge and positive makes its class win everywhere; docs/benchmarks.md), 3.8x fewer
@@ -271,6 +271,12 @@ def plan(a) -> tuple[list[tuple[str, list[str], str]], dict]:
   return stages, budget
 
 
+def refuse_too_few_trials(ap: argparse.ArgumentParser, max_trials: int) -> None:
+  """``--max-trials`` below the START_TRIALS every BER begins with: one line, exit code 2."""
+  if max_trials < START_TRIALS:
+    ap.error(f"--max-trials {max_trials}: the campaigns start with {START_TRIALS} trials per BER")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--data-dir", default=None)
@@ -306,8 +312,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   a.results = a.results or f"results/cifar10_{a.model}"
   if not a.smoke and not a.data_dir:
     ap.error("--data-dir is required (or --smoke)")
-  if not a.smoke and a.max_trials < START_TRIALS:
-    ap.error(f"--max-trials {a.max_trials}: the campaigns start with {START_TRIALS} trials per BER")
+  if not a.smoke:
+    refuse_too_few_trials(ap, a.max_trials)
   if a.smoke:
     a.scale, a.train_images = min(a.scale, 0.02), 0
   return a

@@ -36,7 +36,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # experiments/pipeline_records.py
-from cifar10_alexnet import RECIPES, START_TRIALS  # noqa: E402
+from cifar10_alexnet import RECIPES, refuse_too_few_trials  # noqa: E402
 from pipeline_records import stopped  # noqa: E402
 from proact_jax.commands.args import number  # noqa: E402
 
@@ -123,7 +123,8 @@ def main(argv=None) -> int:
   p.add_argument("--data-dir", default=None)
   p.add_argument("--model", default="alexnet", choices=sorted(RECIPES))
   p.add_argument("--seeds", default="1,2,3,4", help="method seeds to run (0 is the main run)")
-  p.add_argument("--max-trials", type=number("--max-trials"), default=300, help="campaign cap per BER and seed")
+  p.add_argument("--max-trials", type=number("--max-trials"), default=300,
+                 help="campaign cap per BER and seed")
   p.add_argument("--results", default=None, help="default results/cifar10_MODEL")
   p.add_argument("--aggregate-only", action="store_true", help="run nothing, write the table")
   a = p.parse_args(argv)
@@ -135,8 +136,7 @@ def main(argv=None) -> int:
     p.error("--seeds: method seeds are >= 1 (seed 0 is the main pipeline run)")
   if not a.aggregate_only and not a.data_dir:
     p.error("--data-dir is required (or --aggregate-only)")
-  if a.max_trials < START_TRIALS:  # refused here, not by every seed's pipeline in turn
-    p.error(f"--max-trials {a.max_trials}: the campaigns start with {START_TRIALS} trials per BER")
+  refuse_too_few_trials(p, a.max_trials)  # here, not by every seed's pipeline in turn
   results = a.results or f"results/cifar10_{a.model}"
   text = None
   for s in ([] if a.aggregate_only else seeds):

@@ -29,9 +29,9 @@ class _Block(nn.Module):
   act: Activation
   last: bool = False
 
-  def _add(self, x, y, train, width, name):
+  def _add(self, x, y, train, name):
     if x.shape != y.shape:
-      x = Conv(width, (1, 1), self.strides, use_bias=False)(x)
+      x = Conv(y.shape[-1], (1, 1), self.strides, use_bias=False)(x)
       x = _bn(train)(x)
     return self.act(name=name, last=self.last)(x + y)
 
@@ -43,7 +43,7 @@ class BasicBlock(_Block):
     y = Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False)(x)
     y = self.act(name="act0")(_bn(train)(y))
     y = Conv(self.filters, (3, 3), padding=1, use_bias=False)(y)
-    return self._add(x, _bn(train)(y), train, self.filters, "act1")
+    return self._add(x, _bn(train)(y), train, "act1")
 
 
 class Bottleneck(_Block):
@@ -55,7 +55,7 @@ class Bottleneck(_Block):
     y = Conv(self.filters, (3, 3), self.strides, padding=1, use_bias=False)(y)
     y = self.act(name="act1")(_bn(train)(y))
     y = Conv(self.filters * 4, (1, 1), use_bias=False)(y)
-    return self._add(x, _bn(train)(y), train, self.filters * 4, "act2")
+    return self._add(x, _bn(train)(y), train, "act2")
 
 
 class ResNet(nn.Module):
