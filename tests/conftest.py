@@ -26,12 +26,29 @@ def pytest_configure(config):
   compressed stream is checked) with a warning and recompiles. A child under a file-size limit
   (test_misuse_resume) gets no cache.
   """
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.environ.get("PYTEST_XDIST_WORKER"):
-    return  # the user's own cache, or a worker: the controller set it up
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    return  # a worker: the controller set it up
+  _unoptimised_backend()
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return  # the user's own cache
   path = tempfile.mkdtemp(prefix="proact-jax-test-xla-cache-")
   os.environ.update({"JAX_COMPILATION_CACHE_DIR": path, _CACHE_OWNER: path,
                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                      "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+
+
+def _unoptimised_backend():
+  """Compile the suite's programs with XLA's backend optimisation level 0.
+
+  The suite is compile-bound (small models, many distinct programs), so LLVM's optimisation
+  passes cost more than they save: test_activation_faults took 131 -> 90 CPU-s with it
+  (docs/benchmarks.md, "Test suite time"). No test compares against numbers from an optimised
+  build: each compares paths compiled in the same run, or checks a tolerance. A user who sets
+  the option in XLA_FLAGS keeps theirs; subprocess tests append their own flags to these.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_backend_optimization_level" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
 
 
 def pytest_unconfigure(config):

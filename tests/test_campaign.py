@@ -68,7 +68,8 @@ print(json.dumps({{k: {{n: {{f: a.tolist() for f, a in tc._trials(res, n).items(
 @pytest.fixture(scope="module")
 def four_devices():
   """The same campaign on 4 (virtual CPU) devices, started first so it compiles in parallel."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip())
   proc = subprocess.Popen([sys.executable, "-c", _SCRIPT.format(tests=os.path.dirname(__file__))],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   yield proc

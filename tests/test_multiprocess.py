@@ -30,7 +30,8 @@ def _free_port() -> int:
 
 def _env(devices: int) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  flags = env.get("XLA_FLAGS", "")  # conftest's, kept
+  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
   return env
 
 
