@@ -14,6 +14,8 @@ from proact_jax.faults import activations as activation_faults
 from proact_jax.faults import campaign
 from proact_jax.faults import injection as faults
 
+from child_env import cpu_devices_env  # tests/child_env.py
+
 BERS = [1e-4, 1e-3]
 
 
@@ -68,10 +70,9 @@ print(json.dumps({{k: {{n: {{f: a.tolist() for f, a in tc._trials(res, n).items(
 @pytest.fixture(scope="module")
 def four_devices():
   """The same campaign on 4 (virtual CPU) devices, started first so it compiles in parallel."""
-  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags.strip())
   proc = subprocess.Popen([sys.executable, "-c", _SCRIPT.format(tests=os.path.dirname(__file__))],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          env=cpu_devices_env(4), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
   yield proc
   proc.kill()
 

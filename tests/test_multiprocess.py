@@ -4,7 +4,6 @@ process with two devices (that the trials do not depend on the device count is
 test_campaign.py::test_four_devices_give_the_same_numbers)."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import pytest
 import proact_jax as pj
 from proact_jax.training import checkpoint as ckpt
 
+from child_env import cpu_devices_env  # tests/child_env.py
+
 META = {"model": "small_cnn", "num_classes": 10, "input_shape": [8, 8, 1], "dataset": "digits",
         "mean": [0.3], "std": [0.37], "n_val": 100, "kind": "relu", "granularity": "layer",
         "config": {"seed": 0}}
@@ -26,13 +27,6 @@ def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
-
-
-def _env(devices: int) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  flags = env.get("XLA_FLAGS", "")  # conftest's, kept
-  env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
-  return env
 
 
 def _proact(*argv) -> list[str]:
@@ -53,13 +47,14 @@ def test_two_processes_equal_one_process(tmp_path):
   procs = [subprocess.Popen(
       _proact("--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id",
               str(i), *SWEEP, "--checkpoint", base, "--out", two),
-      env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+      env=cpu_devices_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-2000:]
   one_two_dev = str(tmp_path / "one_two_devices.jsonl")
-  r = subprocess.run(_proact(*SWEEP, "--checkpoint", base, "--out", one_two_dev), env=_env(2),
-                     capture_output=True, text=True, timeout=300)
+  r = subprocess.run(_proact(*SWEEP, "--checkpoint", base, "--out", one_two_dev),
+                     env=cpu_devices_env(2), capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   with open(two, "rb") as a, open(one_two_dev, "rb") as b:
     assert a.read() == b.read()   # byte for byte (both record "devices": 2)
@@ -86,8 +81,8 @@ def test_stratified_campaign_on_two_devices_equals_one(tmp_path):
           "--checkpoint", base]
   paths = [str(tmp_path / f"d{n}.jsonl") for n in (1, 2)]
   for path, devices in zip(paths, (1, 2)):
-    r = subprocess.run(_proact(*argv, "--out", path), env=_env(devices), capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(_proact(*argv, "--out", path), env=cpu_devices_env(devices),
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
   one, two = _trials(paths[0]), _trials(paths[1])
   assert len(one) == 40 and one == two
